@@ -1,0 +1,1 @@
+"""The search: training engine, Optuna trials, confirmation, results and the CLI."""

@@ -1,0 +1,175 @@
+"""Confirmation and selection: the step that turns search results into a claim.
+
+Trials were ranked on a validation split carved from the training set. The top-k are
+retrained here on the full training set, under the same epoch cap, with several seeds,
+and scored on the test set at the final epoch. An architecture is *selected* when its
+mean test accuracy clears the target; among those, the validation ranking decides, so
+the test set gates the claim but never picks the winner.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from search.data import confirm_data
+from search.storage import UsageError
+from search.train import Recipe, train
+from space import build
+
+CONFIRMATIONS = "confirmations"  # study user attribute: {trial number: Confirmation}
+
+
+@dataclass
+class Confirmation:
+    """Test accuracy of one trial's architecture retrained with several seeds."""
+
+    trial: int
+    params: int
+    val_accuracy: float
+    epochs: int
+    seeds: list[int]
+    test_accuracy: list[float]
+    seconds: float
+    weights: str  # artifact id of the weights of ``weights_seed``
+    weights_seed: int
+    target: float
+    train_subset: int | None = None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.test_accuracy)
+
+    @property
+    def min(self) -> float:
+        return min(self.test_accuracy)
+
+    @property
+    def selected(self) -> bool:
+        return self.mean >= self.target
+
+    def metrics(self, budget: int) -> dict:
+        """The figures an export records in METRICS."""
+        index = self.seeds.index(self.weights_seed)
+        return {
+            "test_accuracy": self.test_accuracy,
+            "test_accuracy_mean": round(self.mean, 4),
+            "test_accuracy_min": round(self.min, 4),
+            "seeds": self.seeds,
+            "weights_seed": self.weights_seed,
+            "weights_test_accuracy": self.test_accuracy[index],
+            "epochs": self.epochs,
+            "budget": budget,
+            "params": self.params,
+            "val_accuracy": self.val_accuracy,
+            "train_subset": self.train_subset,
+        }
+
+
+def confirmations(study: optuna.Study) -> dict[int, Confirmation]:
+    stored = study.user_attrs.get(CONFIRMATIONS, {})
+    return {int(number): Confirmation(**record) for number, record in stored.items()}
+
+
+def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The k completed trials with the best validation accuracy (fewer parameters first on ties)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete.sort(key=lambda t: (-t.value, t.user_attrs.get("params", 0), t.number))
+    return complete[:k]
+
+
+def confirm_study(
+    study: optuna.Study,
+    store: FileSystemArtifactStore,
+    *,
+    top_k: int = 3,
+    seeds: int = 3,
+    data_dir: str | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    out=sys.stdout,
+) -> list[Confirmation]:
+    """Retrain the top-k trials with ``seeds`` seeds on the full training set and record
+    their final-epoch test accuracy in the study. Already confirmed trials are reused."""
+    settings = study.user_attrs.get("settings", {})
+    target = settings.get("target", 99.4)
+    subset = settings.get("train_subset")
+    candidates = top_trials(study, top_k)
+    if not candidates:
+        raise UsageError(f"study {study.study_name!r} has no completed trial to confirm yet")
+    done = confirmations(study)
+    train_set, test_set = confirm_data(data_dir, device, train_subset=subset)
+    results = []
+    for trial in candidates:
+        known = done.get(trial.number)
+        if known and len(known.seeds) >= seeds:
+            results.append(known)
+            continue
+        print(
+            f"confirming trial {trial.number} ({trial.user_attrs['params']:,} params) with {seeds} seeds",
+            file=out,
+            flush=True,
+        )
+        recipe = Recipe(**trial.user_attrs["recipe"])
+        accuracies, weights, seconds = [], [], 0.0
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            model = build(trial.user_attrs["spec"])
+            result = train(
+                model, train_set, test_set, recipe, seed=seed, device=device, progress=progress
+            )
+            accuracies.append(result.accuracy)
+            weights.append(result.state_dict)
+            seconds += result.seconds
+            print(
+                f"  seed {seed}: test {result.accuracy:.2f}% ({result.seconds:.0f} s)",
+                file=out,
+                flush=True,
+            )
+        # Ship the seed closest to the median: representative, not the lucky one.
+        median_seed = sorted(range(seeds), key=lambda s: accuracies[s])[(seeds - 1) // 2]
+        artifact = _upload_weights(
+            study, store, weights[median_seed], f"confirm_trial{trial.number}_seed{median_seed}.pt"
+        )
+        record = Confirmation(
+            trial=trial.number,
+            params=trial.user_attrs["params"],
+            val_accuracy=trial.value,
+            epochs=recipe.epochs,
+            seeds=list(range(seeds)),
+            test_accuracy=accuracies,
+            seconds=round(seconds, 1),
+            weights=artifact,
+            weights_seed=median_seed,
+            target=target,
+            train_subset=subset,
+        )
+        stored = study.user_attrs.get(CONFIRMATIONS, {})
+        stored[str(trial.number)] = asdict(record)
+        study.set_user_attr(CONFIRMATIONS, stored)
+        results.append(record)
+    return results
+
+
+def _upload_weights(
+    study: optuna.Study, store: FileSystemArtifactStore, state_dict: dict, name: str
+) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        torch.save(state_dict, path)
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+
+
+def selected(study: optuna.Study) -> list[Confirmation]:
+    """Confirmed architectures whose mean test accuracy clears the target, best
+    validation accuracy first: the first one is the study's winner."""
+    chosen = [c for c in confirmations(study).values() if c.selected]
+    return sorted(chosen, key=lambda c: (-c.val_accuracy, c.params))

@@ -1,0 +1,149 @@
+"""Read results back out of a storage: study and trial tables, and exports of a trial."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from search.confirm import Confirmation, confirmations, selected
+from search.storage import UsageError
+from space import export_module
+
+
+def studies_table(storage: optuna.storages.BaseStorage) -> list[dict]:
+    """One row per study: its settings, trial counts and best validation accuracy."""
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+        settings = study.user_attrs.get("settings", {})
+        rows.append(
+            {
+                "study": summary.study_name,
+                "budget": settings.get("budget"),
+                "epochs": settings.get("epochs"),
+                "trials": len(trials),
+                "complete": states.count(TrialState.COMPLETE),
+                "pruned": states.count(TrialState.PRUNED),
+                "best_val": max(values) if values else None,
+                "selected": len(selected(study)),
+            }
+        )
+    return rows
+
+
+def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:
+    """The top trials: completed ones by validation accuracy, then the rest by progress."""
+    confirmed = confirmations(study)
+    trials = study.get_trials(deepcopy=False)
+
+    def rank(trial: FrozenTrial) -> tuple:
+        if trial.state == TrialState.COMPLETE:
+            return (0, -trial.value, trial.number)
+        last = (
+            trial.intermediate_values[max(trial.intermediate_values)]
+            if trial.intermediate_values
+            else 0.0
+        )
+        return (1, -len(trial.intermediate_values), -last, trial.number)
+
+    rows = []
+    for trial in sorted(trials, key=rank)[:limit]:
+        confirmation = confirmed.get(trial.number)
+        rows.append(
+            {
+                "trial": trial.number,
+                "params": trial.user_attrs.get("params"),
+                "val": trial.value,
+                "test_mean": confirmation.mean if confirmation else None,
+                "test_min": confirmation.min if confirmation else None,
+                "epochs": len(trial.intermediate_values),
+                "state": trial.state.name,
+                "selected": bool(confirmation and confirmation.selected),
+            }
+        )
+    return rows
+
+
+def find_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, Confirmation | None]:
+    """The trial to export: ``number``, or the study's winner (the first selected one)."""
+    if number is None:
+        winners = selected(study)
+        if not winners:
+            raise UsageError(
+                f"no architecture in study {study.study_name!r} has cleared its target yet; "
+                "run 'budgetnas confirm' or pass --trial N to export one anyway"
+            )
+        number = winners[0].trial
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise UsageError(f"study {study.study_name!r} has no trial {number}")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE or "weights" not in trial.user_attrs:
+        raise UsageError(
+            f"trial {number} did not complete ({trial.state.name}); export a completed trial"
+        )
+    return trial, confirmations(study).get(number)
+
+
+def export_trial(
+    study: optuna.Study,
+    store: FileSystemArtifactStore,
+    out: str | Path,
+    *,
+    number: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a trial as a standalone module with its weights and measured figures.
+
+    A confirmed trial ships the weights of its median confirmation seed and its test
+    figures; an unconfirmed one ships its search weights and validation accuracy only.
+    """
+    trial, confirmation = find_trial(study, number)
+    settings = study.user_attrs.get("settings", {})
+    budget = settings.get("budget")
+    if confirmation:
+        artifact, metrics = confirmation.weights, confirmation.metrics(budget)
+        origin = (
+            f"Trial {trial.number} of study {study.study_name!r}, retrained on the full training set "
+            f"with seeds {confirmation.seeds}; weights of seed {confirmation.weights_seed}."
+        )
+    else:
+        artifact = trial.user_attrs["weights"]
+        metrics = {
+            "val_accuracy": trial.value,
+            "epochs": len(trial.intermediate_values),
+            "budget": budget,
+            "params": trial.user_attrs["params"],
+            "train_subset": settings.get("train_subset"),
+        }
+        origin = f"Trial {trial.number} of study {study.study_name!r}: search weights, not confirmed on the test set."
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "weights.pt"
+        try:
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
+        except Exception as error:
+            raise UsageError(
+                f"weights of trial {trial.number} are missing from the artifact store ({error}); pass --artifacts"
+            ) from None
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return export_module(
+            trial.user_attrs["spec"],
+            out,
+            state_dict=state_dict,
+            metrics=metrics,
+            origin=origin,
+            force=force,
+        )
+    except (FileExistsError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        raise UsageError(f"cannot write {out}: {error.strerror or error}") from None

@@ -1,0 +1,107 @@
+"""Open Optuna storages and artifact stores, checking the URL before anything is written.
+
+SQLite (the default, ``sqlite:///studies.db``) suits one machine; PostgreSQL or MySQL
+URLs serve many workers and machines. Every RDB storage gets a heartbeat so that a
+worker killed mid-trial leaves a trial that is failed and retried, not a zombie.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+DEFAULT_STORAGE = "sqlite:///studies.db"
+DEFAULT_ARTIFACTS = "artifacts"
+SQLITE_BUSY_TIMEOUT_S = 60
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class UsageError(Exception):
+    """Bad input from the user: the CLI prints the one-line message and exits with 2."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL, or None for other URLs."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def check_storage_url(url: str, *, must_exist: bool) -> None:
+    """Reject a malformed URL, a file that is not SQLite, or (for commands that only read)
+    a database that does not exist yet, before anything could create it."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme or not scheme.replace("+", "").replace("_", "").isalnum():
+        raise UsageError(
+            f"storage URL {url!r} is not a database URL; use e.g. sqlite:///studies.db "
+            "or postgresql://user@host/dbname"
+        )
+    path = sqlite_path(url)
+    if scheme.startswith("sqlite") and path is None:
+        raise UsageError(f"storage URL {url!r}: write SQLite URLs as sqlite:///path/to/file.db")
+    if path is None or str(path) in ("", ":memory:"):
+        return
+    if path.exists():
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if path.stat().st_size > 0 and header != SQLITE_HEADER:
+            raise UsageError(f"{path} is not an SQLite database; point --storage at a .db file")
+    elif must_exist:
+        raise UsageError(f"no storage at {path}; run 'budgetnas search' first or pass --storage")
+    elif not path.parent.is_dir():
+        raise UsageError(f"cannot create {path}: folder {path.parent} does not exist")
+
+
+def open_storage(
+    url: str, *, must_exist: bool = False, heartbeat_interval: int | None = 60
+) -> RDBStorage:
+    """An RDBStorage for ``url`` with a heartbeat and a retry for stale trials.
+
+    SQLite connections wait up to a minute for a lock instead of failing with "database
+    is locked", which is what a dashboard reading during a search, or a few local
+    workers, would otherwise hit.
+    """
+    check_storage_url(url, must_exist=must_exist)
+    engine_kwargs = {}
+    if sqlite_path(url) is not None:
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    heartbeat = {}
+    if heartbeat_interval:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": 2 * heartbeat_interval,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
+        }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    except ImportError as error:
+        raise UsageError(
+            f"storage URL {url!r} needs a database driver that is not installed ({error.name}); "
+            "for PostgreSQL: pip install 'budgetnas[postgres]'"
+        ) from None
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot open storage {url!r}: {reason}") from None
+
+
+def load_study(storage: RDBStorage, name: str) -> optuna.Study:
+    """An existing study, or a UsageError that lists the ones there are."""
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise UsageError(f"no study named {name!r} in this storage (studies: {known})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def artifact_store(path: str | Path) -> FileSystemArtifactStore:
+    """The artifact store that holds trained weights. Workers on several machines need it
+    on a shared filesystem (or an S3/GCS store from optuna.artifacts)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))

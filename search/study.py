@@ -1,0 +1,401 @@
+"""The search: Optuna trials that train candidates under a parameter budget and epoch cap.
+
+One trial = one candidate. Its exact parameter count is known before any training
+(``space.analyse``), so a candidate over the budget costs nothing: it is pruned with the
+reason recorded and the violation handed to TPE through ``trial.set_constraint``. The
+rest train on the fit split, report validation accuracy each epoch so the pruner can
+stop losers, and leave their weights in Optuna's artifact store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import optuna
+import torch
+from optuna.artifacts import upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from search.data import Split, search_data
+from search.sampler import sample_architecture, sample_recipe
+from search.storage import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_STORAGE,
+    UsageError,
+    artifact_store,
+    check_storage_url,
+    open_storage,
+)
+from search.train import EpochStats, NonFiniteLoss, Recipe, resolve_device, train
+from space import ZOO, SpecError, analyse, build, normalise
+
+PRUNERS = ("median", "halving", "hyperband", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Study settings that must not change when a search is resumed: trials trained under
+# other settings would not be comparable.
+FIXED_SETTINGS = ("budget", "epochs", "val_size", "train_subset", "seed")
+
+
+@dataclass
+class SearchConfig:
+    """Everything ``budgetnas search`` takes; validated by ``check``."""
+
+    budget: int = 8000
+    epochs: int = 15
+    target: float = 99.4
+    trials: int = 50
+    study: str | None = None
+    storage: str = DEFAULT_STORAGE
+    artifacts: str = DEFAULT_ARTIFACTS
+    data_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    timeout: float | None = None
+    train_subset: int | None = None
+    val_size: int = 10_000
+    pruner: str = "median"
+    warm_start: bool = False
+    workers: int = 1
+    heartbeat: int = 60
+    progress: bool = True
+
+    @property
+    def study_name(self) -> str:
+        return self.study or f"mnist-{self.budget}p-{self.epochs}e"
+
+    def check(self) -> None:
+        """Raise UsageError for a value no search could run with."""
+        rules = [
+            (_is_int(self.budget) and self.budget > 0, "--budget must be a positive integer"),
+            (_is_int(self.epochs) and self.epochs > 0, "--epochs must be a positive integer"),
+            (0 < self.target <= 100, "--target must be a percentage in (0, 100]"),
+            (_is_int(self.trials) and self.trials > 0, "--trials must be a positive integer"),
+            (self.pruner in PRUNERS, f"--pruner must be one of {', '.join(PRUNERS)}"),
+            (_is_int(self.workers) and self.workers >= 1, "--workers must be at least 1"),
+            (self.timeout is None or self.timeout > 0, "--timeout must be a positive number"),
+            (
+                self.train_subset is None or 0 < self.train_subset <= 60_000 - self.val_size,
+                f"--train-subset must be between 1 and {60_000 - self.val_size}",
+            ),
+            (0 < self.val_size < 60_000, "--val-size must be between 1 and 59999"),
+            (self.heartbeat > 0, "--heartbeat must be a positive number of seconds"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise UsageError(message)
+        check_device(self.device)
+        check_storage_url(self.storage, must_exist=False)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_device(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner that stops losing trials; warm-up skips the noisy first epochs."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 8))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+class SurplusTrial(Exception):
+    """Another worker already started the trial that completes --trials; this one yields."""
+
+
+class Objective:
+    """One trial: sample, check the budget, train, store the weights."""
+
+    def __init__(self, config: SearchConfig, fit: Split, validation: Split, device: torch.device):
+        self.config = config
+        self.fit = fit
+        self.validation = validation
+        self.device = device
+        self.store = artifact_store(config.artifacts)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = self.config
+        if not _claim_slot(trial, config.trials):
+            raise SurplusTrial(f"trial {trial.number}: --trials {config.trials} already reached")
+        zoo_name = trial.user_attrs.get("zoo")
+        if zoo_name:  # enqueued by --warm-start: a reference net with the default recipe
+            spec, recipe = ZOO[zoo_name], Recipe(epochs=config.epochs)
+        else:
+            spec, recipe = (
+                sample_architecture(trial, config.budget),
+                sample_recipe(trial, config.epochs),
+            )
+        try:
+            spec = normalise(spec)
+            analysis = analyse(spec)
+        except SpecError as error:
+            _prune_untrained(trial, f"invalid spec: {error}", over_budget=1.0)
+        trial.set_user_attr("spec", spec)
+        trial.set_user_attr("params", analysis.params)
+        trial.set_user_attr("receptive_field", analysis.receptive_field)
+        trial.set_user_attr("recipe", dataclasses.asdict(recipe))
+        over = analysis.params - config.budget
+        if over > 0:
+            reason = f"{analysis.params:,} parameters > budget {config.budget:,}"
+            _prune_untrained(trial, reason, over_budget=float(over))
+        trial.set_constraint("params_over_budget", float(over))
+
+        curve: list[dict] = []
+
+        def on_epoch(stats: EpochStats) -> None:
+            curve.append(
+                {
+                    "epoch": stats.epoch,
+                    "loss": stats.train_loss,
+                    "val_accuracy": stats.accuracy,
+                    "seconds": stats.seconds,
+                }
+            )
+            trial.set_user_attr("curve", curve)
+            trial.report(stats.accuracy, stats.epoch)
+            if trial.should_prune():
+                trial.set_user_attr(
+                    "pruned_reason",
+                    f"pruner stopped it after epoch {stats.epoch} at {stats.accuracy:.2f}%",
+                )
+                raise optuna.TrialPruned()
+
+        torch.manual_seed(config.seed + trial.number)
+        model = build(spec)
+        trial.set_user_attr("device", str(self.device))
+        started = time.perf_counter()
+        try:
+            result = train(
+                model,
+                self.fit,
+                self.validation,
+                recipe,
+                seed=config.seed + trial.number,
+                device=self.device,
+                on_epoch=on_epoch,
+                progress=config.progress and config.workers == 1,
+            )
+        except NonFiniteLoss as error:
+            trial.set_user_attr("pruned_reason", f"non-finite loss: {error}")
+            raise optuna.TrialPruned() from None
+        except torch.cuda.OutOfMemoryError:
+            trial.set_user_attr("fail_reason", "CUDA out of memory (batch or widths too large)")
+            raise
+        finally:
+            trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 2))
+        self._save_weights(trial, result.state_dict)
+        return result.accuracy
+
+    def _save_weights(self, trial: optuna.Trial, state_dict: dict) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"trial{trial.number}.pt"
+            torch.save(state_dict, path)
+            artifact_id = upload_artifact(
+                artifact_store=self.store, file_path=str(path), study_or_trial=trial
+            )
+        trial.set_user_attr("weights", artifact_id)
+
+
+def _prune_untrained(trial: optuna.Trial, reason: str, over_budget: float) -> NoReturn:
+    trial.set_constraint("params_over_budget", over_budget)
+    trial.set_user_attr("pruned_reason", reason)
+    raise optuna.TrialPruned(reason)
+
+
+def _claim_slot(trial: optuna.Trial, trials: int) -> bool:
+    """True when this trial is among the first ``trials`` to finish or run.
+
+    Workers check before asking for a trial, but two can ask at once; the one with the
+    lower trial number wins, so the study ends with exactly ``trials`` finished trials.
+    """
+    others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    ahead = [t for t in others if t.state != TrialState.RUNNING or t.number < trial.number]
+    return len(ahead) < trials
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def create_or_resume(config: SearchConfig) -> optuna.Study:
+    """The study for ``config``: created with its settings recorded, or resumed when they
+    match (resuming under another budget or epoch cap would mix incomparable trials)."""
+    storage = open_storage(config.storage, heartbeat_interval=config.heartbeat)
+    settings = {
+        "budget": config.budget,
+        "epochs": config.epochs,
+        "target": config.target,
+        "val_size": config.val_size,
+        "train_subset": config.train_subset,
+        "seed": config.seed,
+    }
+    name = config.study_name
+    if name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(
+            study_name=name,
+            storage=storage,
+            sampler=_sampler(config),
+            pruner=make_pruner(config.pruner, config.epochs),
+        )
+        recorded = study.user_attrs.get("settings", {})
+        for key in FIXED_SETTINGS:
+            if key in recorded and recorded[key] != settings[key]:
+                raise UsageError(
+                    f"study {name!r} was run with {key}={recorded[key]}, not {settings[key]}; "
+                    "use the same value to resume or --study NEW_NAME for a new search"
+                )
+        study.set_user_attr("trials", config.trials)
+        return study
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=_sampler(config),
+        pruner=make_pruner(config.pruner, config.epochs),
+    )
+    study.set_user_attr("settings", settings)
+    study.set_user_attr("trials", config.trials)  # what 'budgetnas worker' joins in for
+    if config.warm_start:
+        for zoo_name, spec in ZOO.items():
+            if analyse(spec).params <= config.budget:
+                study.enqueue_trial({}, user_attrs={"zoo": zoo_name})
+    return study
+
+
+def _sampler(config: SearchConfig, worker: int = 0) -> optuna.samplers.TPESampler:
+    # Each worker seeds its own sampler: identical seeds would propose identical trials.
+    return optuna.samplers.TPESampler(seed=config.seed + 1000 * worker)
+
+
+TrialLogger = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    """One line per finished trial: number, parameters, validation accuracy, state, seconds."""
+    params = trial.user_attrs.get("params")
+    params_text = f"{params:>7,} params" if params is not None else "      ? params"
+    value = f"val {trial.value:6.2f}%" if trial.value is not None else _last_value(trial)
+    seconds = trial.user_attrs.get("train_seconds", 0.0)
+    reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("fail_reason") or ""
+    return f"trial {trial.number:>4}: {params_text}  {value}  {trial.state.name:<8} {seconds:7.1f} s  {reason}".rstrip()
+
+
+def _last_value(trial: FrozenTrial) -> str:
+    if trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        return f"val {trial.intermediate_values[step]:6.2f}%"
+    return "val     - "
+
+
+class Progress:
+    """Prints each finished trial and an overall bar with an ETA across the run."""
+
+    def __init__(self, study: optuna.Study, total: int, workers: int, out=sys.stdout):
+        self.total, self.workers, self.out = total, workers, out
+        self.done_at_start = finished_count(study)
+        self.started = time.perf_counter()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state not in FINISHED:
+            if trial.user_attrs.get("fail_reason"):
+                print(trial_line(trial), file=self.out, flush=True)
+            return
+        done = finished_count(study)
+        ran = max(1, done - self.done_at_start)
+        per_trial = (time.perf_counter() - self.started) / ran
+        eta = per_trial * max(0, self.total - done)
+        width = 24
+        filled = min(width, round(width * done / self.total))
+        bar = "#" * filled + "-" * (width - filled)
+        print(trial_line(trial), file=self.out, flush=True)
+        print(
+            f"[{bar}] {min(done, self.total)}/{self.total} trials  ETA {_clock(eta)}",
+            file=self.out,
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run_worker(config: SearchConfig, worker: int = 0) -> None:
+    """Run trials in this process until the study has ``config.trials`` finished trials
+    (or the timeout passes). Every worker, local or on another machine, runs this."""
+    device = check_device(config.device)
+    if device.type == "cpu" and config.workers > 1:
+        # Side-by-side single-thread trials use the cores better than one wide trial.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
+    fit, validation = search_data(
+        config.data_dir, device, config.val_size, config.seed, config.train_subset
+    )
+    storage = open_storage(config.storage, heartbeat_interval=config.heartbeat)
+    study = optuna.load_study(
+        study_name=config.study_name,
+        storage=storage,
+        sampler=_sampler(config, worker),
+        pruner=make_pruner(config.pruner, config.epochs),
+    )
+    objective = Objective(config, fit, validation, device)
+    progress = Progress(study, config.trials, config.workers)
+    deadline = math.inf if config.timeout is None else time.monotonic() + config.timeout
+    while time.monotonic() < deadline:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial must not hold a slot
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if finished_count(study) + running >= config.trials:
+            break
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(SurplusTrial, torch.cuda.OutOfMemoryError),
+            callbacks=[progress],
+        )
+
+
+def run_search(config: SearchConfig) -> optuna.Study:
+    """Create or resume the study and run ``config.workers`` workers on it.
+
+    Data and arguments are checked before the study exists, so bad input leaves no
+    half-made study behind.
+    """
+    config.check()
+    device = check_device(config.device)
+    search_data(config.data_dir, device, config.val_size, config.seed, config.train_subset)
+    study = create_or_resume(config)
+    if config.workers == 1:
+        run_worker(config)
+        return study
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=run_worker, args=(config, index))
+        for index in range(1, config.workers)
+    ]
+    for child in children:
+        child.start()
+    try:
+        run_worker(config, 0)
+    finally:
+        for child in children:
+            child.join()
+    return study

@@ -1,0 +1,31 @@
+"""The search space: architecture specs and everything derived from them."""
+
+from space.build import SpecNet, build
+from space.export import export_module, module_source
+from space.spec import (
+    Analysis,
+    Spec,
+    SpecError,
+    analyse,
+    from_json,
+    normalise,
+    param_count,
+    to_json,
+)
+from space.zoo import ZOO
+
+__all__ = [
+    "ZOO",
+    "Analysis",
+    "Spec",
+    "SpecError",
+    "SpecNet",
+    "analyse",
+    "build",
+    "export_module",
+    "from_json",
+    "module_source",
+    "normalise",
+    "param_count",
+    "to_json",
+]

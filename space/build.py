@@ -1,0 +1,94 @@
+"""Build the nn.Module that a spec describes.
+
+Layer names (``conv3``, ``bn3``, ``drop3``, ``dw4``, ``pw4``, ``head``...) are the ones
+the exported source uses, so a state_dict moves between a built network and its
+exported ``Net`` unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from space.spec import NUM_CLASSES, Spec, normalise
+
+# Inputs arrive as ToTensor gives them, in [0, 1]; the network normalises itself so that
+# a user of an exported model needs nothing but the module.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+class SpecNet(nn.Module):
+    """A network built from a spec; ``forward`` takes N x 1 x 28 x 28 floats in [0, 1]."""
+
+    def __init__(self, spec: Spec) -> None:
+        super().__init__()
+        self.spec = normalise(spec)
+        for i, block in enumerate(self.spec["blocks"], start=1):
+            kind = block["type"]
+            if kind == "maxpool":
+                continue
+            cin, cout, bias = block["in"], block["out"], block["bias"]
+            if kind == "conv":
+                self.add_module(
+                    f"conv{i}", nn.Conv2d(cin, cout, 3, padding=block["padding"], bias=bias)
+                )
+            elif kind == "separable":
+                self.add_module(
+                    f"dw{i}",
+                    nn.Conv2d(cin, cin, 3, padding=block["padding"], groups=cin, bias=bias),
+                )
+                self.add_module(f"pw{i}", nn.Conv2d(cin, cout, 1, bias=bias))
+            else:  # pointwise, transition
+                self.add_module(f"conv{i}", nn.Conv2d(cin, cout, 1, bias=bias))
+            if kind != "transition":
+                self.add_module(f"bn{i}", nn.BatchNorm2d(cout))
+                if block["dropout"] > 0:
+                    self.add_module(f"drop{i}", nn.Dropout(block["dropout"]))
+        head = self.spec["head"]
+        if head["dropout"] > 0:
+            self.head_drop = nn.Dropout(head["dropout"])
+        if head["type"] == "gap_linear":
+            self.head = nn.Linear(head["in"], NUM_CLASSES, bias=head["bias"])
+        else:
+            self.head = nn.Conv2d(head["in"], NUM_CLASSES, 1, bias=head["bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - MNIST_MEAN) / MNIST_STD
+        for i, block in enumerate(self.spec["blocks"], start=1):
+            kind = block["type"]
+            if kind == "maxpool":
+                x = F.max_pool2d(x, 2)
+            elif kind == "transition":
+                x = F.max_pool2d(self[f"conv{i}"](x), 2)
+            else:
+                x = (
+                    self[f"pw{i}"](self[f"dw{i}"](x))
+                    if kind == "separable"
+                    else self[f"conv{i}"](x)
+                )
+                x = F.relu(self[f"bn{i}"](x))
+                if block["dropout"] > 0:
+                    x = self[f"drop{i}"](x)
+        head = self.spec["head"]
+        if head["type"] == "conv_gap":
+            x = F.adaptive_avg_pool2d(self._head(x), 1)
+        else:
+            x = self._head(F.adaptive_avg_pool2d(x, 1))
+        return x.flatten(1)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec["head"]["dropout"] > 0:
+            x = self.head_drop(x)
+        if self.spec["head"]["type"] == "gap_linear":
+            return self.head(x.flatten(1))
+        return self.head(x)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.get_submodule(name)
+
+
+def build(spec: Spec) -> SpecNet:
+    """The nn.Module for ``spec`` (validated first, so a bad spec raises SpecError)."""
+    return SpecNet(spec)

@@ -163,6 +163,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _quiet_optuna()
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
@@ -176,6 +177,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return INTERRUPTED
+
+
+def _quiet_optuna() -> None:
+    """budgetnas prints its own line per trial; Optuna's INFO log would repeat it."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _table(rows: list[dict], columns: dict[str, str]) -> str:
@@ -251,6 +262,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         warm_start=args.warm_start,
         workers=args.workers,
         heartbeat=args.heartbeat,
+        progress_bars=sys.stderr.isatty(),
+        epoch_lines=not sys.stderr.isatty(),
     )
     print(
         f"study {config.study_name!r} in {config.storage}: budget {config.budget:,} params, "
@@ -270,6 +283,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         data_dir=config.data_dir,
         device=check_device(config.device),
+        progress=sys.stderr.isatty(),
     )
     return _print_selection(study.study_name, results, args.storage)
 
@@ -345,6 +359,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         data_dir=args.data_dir,
         device=device,
+        progress=sys.stderr.isatty(),
     )
     return _print_selection(args.study, results, args.storage)
 

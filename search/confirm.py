@@ -124,7 +124,14 @@ def confirm_study(
             torch.manual_seed(seed)
             model = build(trial.user_attrs["spec"])
             result = train(
-                model, train_set, test_set, recipe, seed=seed, device=device, progress=progress
+                model,
+                train_set,
+                test_set,
+                recipe,
+                seed=seed,
+                device=device,
+                on_epoch=None if progress else _epoch_printer(seed, recipe.epochs, out),
+                progress=progress,
             )
             accuracies.append(result.accuracy)
             weights.append(result.state_dict)
@@ -157,6 +164,17 @@ def confirm_study(
         study.set_user_attr(CONFIRMATIONS, stored)
         results.append(record)
     return results
+
+
+def _epoch_printer(seed: int, epochs: int, out):
+    def on_epoch(stats) -> None:
+        print(
+            f"    seed {seed} epoch {stats.epoch}/{epochs}: test {stats.accuracy:.2f}% ({stats.seconds:.0f} s)",
+            file=out,
+            flush=True,
+        )
+
+    return on_epoch
 
 
 def _upload_weights(

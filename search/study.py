@@ -67,7 +67,8 @@ class SearchConfig:
     warm_start: bool = False
     workers: int = 1
     heartbeat: int = 60
-    progress: bool = True
+    progress_bars: bool = False  # live per-batch bars, for a terminal
+    epoch_lines: bool = True  # one line per epoch, for logs and many workers
 
     @property
     def study_name(self) -> str:
@@ -172,6 +173,12 @@ class Objective:
                 }
             )
             trial.set_user_attr("curve", curve)
+            if config.epoch_lines:
+                print(
+                    f"  trial {trial.number} epoch {stats.epoch}/{recipe.epochs}: "
+                    f"val {stats.accuracy:.2f}% ({stats.seconds:.0f} s)",
+                    flush=True,
+                )
             trial.report(stats.accuracy, stats.epoch)
             if trial.should_prune():
                 trial.set_user_attr(
@@ -193,7 +200,7 @@ class Objective:
                 seed=config.seed + trial.number,
                 device=self.device,
                 on_epoch=on_epoch,
-                progress=config.progress and config.workers == 1,
+                progress=config.progress_bars and config.workers == 1,
             )
         except NonFiniteLoss as error:
             trial.set_user_attr("pruned_reason", f"non-finite loss: {error}")

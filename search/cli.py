@@ -37,6 +37,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _percentage(text: str) -> float:
+    """An accuracy target; checked here so that 'abc' gets the same hint as 101."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a percentage in (0, 100], got {text!r}"
+        ) from None
+    if not 0 < value <= 100:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a percentage in (0, 100], got {text}")
+    return value
+
+
 def _add_storage(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (default: %(default)s)"
@@ -62,13 +75,15 @@ def build_parser() -> Parser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     search = commands.add_parser("search", help="run (or resume) a search, confirm and select")
-    search.add_argument("--budget", type=int, default=8000, help="max trainable parameters")
-    search.add_argument("--epochs", type=int, default=15, help="epoch cap per training")
     search.add_argument(
-        "--target", type=float, default=99.4, help="test accuracy to clear, percent"
+        "--budget", type=_positive_int, default=8000, help="max trainable parameters"
+    )
+    search.add_argument("--epochs", type=_positive_int, default=15, help="epoch cap per training")
+    search.add_argument(
+        "--target", type=_percentage, default=99.4, help="test accuracy to clear, percent"
     )
     search.add_argument(
-        "--trials", type=int, default=50, help="finished trials to reach (resumes count)"
+        "--trials", type=_positive_int, default=50, help="finished trials to reach (resumes count)"
     )
     search.add_argument("--study", help="study name (default: mnist-<budget>p-<epochs>e)")
     _add_storage(search)
@@ -78,13 +93,20 @@ def build_parser() -> Parser:
         "--timeout", type=float, help="stop starting trials after this many seconds"
     )
     search.add_argument(
-        "--train-subset", type=int, help="train on the first N training images (quick looks)"
+        "--train-subset",
+        type=_positive_int,
+        help="train on the first N training images (quick looks)",
     )
     search.add_argument(
-        "--val-size", type=int, default=10_000, help="validation images held out of training"
+        "--val-size",
+        type=_positive_int,
+        default=10_000,
+        help="validation images held out of training",
     )
     search.add_argument("--pruner", default="median", help="median, halving, hyperband or none")
-    search.add_argument("--workers", type=int, default=1, help="trial processes on this machine")
+    search.add_argument(
+        "--workers", type=_positive_int, default=1, help="trial processes on this machine"
+    )
     search.add_argument(
         "--warm-start", action="store_true", help="first try the reference nets that fit"
     )
@@ -265,6 +287,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         progress_bars=sys.stderr.isatty(),
         epoch_lines=not sys.stderr.isatty(),
     )
+    config.check()  # run_search checks again; this keeps bad input from printing a header
     print(
         f"study {config.study_name!r} in {config.storage}: budget {config.budget:,} params, "
         f"{config.epochs} epochs, target {config.target}%",
@@ -313,6 +336,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
     )
     settings = study.user_attrs.get("settings", {})
+    if not settings or "trials" not in study.user_attrs:
+        raise UsageError(
+            f"study {args.study!r} was not created by 'budgetnas search'; start it with that first"
+        )
     config = SearchConfig(
         budget=settings["budget"],
         epochs=settings["epochs"],
@@ -345,7 +372,7 @@ def _worker_index() -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from search.confirm import confirm_study
-    from search.storage import artifact_store, load_study, open_storage
+    from search.storage import load_study, open_storage
     from search.study import check_device
 
     device = check_device(args.device)
@@ -354,7 +381,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     )
     results = confirm_study(
         study,
-        artifact_store(args.artifacts),
+        args.artifacts,  # a path: confirm_study creates the folder only after its checks
         top_k=args.top_k,
         seeds=args.seeds,
         data_dir=args.data_dir,
@@ -398,9 +425,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
     )
     settings = study.user_attrs.get("settings", {})
+    budget = settings.get("budget")
     print(
-        f"study {args.study}: budget {settings.get('budget', '?'):,} params, {settings.get('epochs')} epochs, "
-        f"target {settings.get('target')}%"
+        f"study {args.study}: budget {f'{budget:,}' if budget is not None else '?'} params, "
+        f"{settings.get('epochs', '?')} epochs, target {settings.get('target', '?')}%"
     )
     print(
         _table(
@@ -448,6 +476,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     study = load_study(
         open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
     )
+    _check_folder_writable(Path(args.out), "--out")
     print(f"wrote {write_report(study, args.out)}")
     return 0
 
@@ -496,7 +525,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     if args.save:
         _check_writable(Path(args.save), args.force)
-    fit, test = confirm_data(args.data_dir, device, train_subset=args.train_subset)
+    try:
+        fit, test = confirm_data(args.data_dir, device, train_subset=args.train_subset)
+    except ValueError as error:  # --train-subset larger than the training set
+        raise UsageError(f"--train-subset: {error}; pass a smaller one") from None
     recipe = Recipe(epochs=args.epochs)
     print(
         f"training {name}: {analysis.params:,} params, RF {analysis.receptive_field}, {len(fit):,} "
@@ -549,8 +581,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 origin=origin,
                 force=args.force,
             )
-        except (FileExistsError, ValueError, OSError) as error:
+        except ValueError as error:
             raise UsageError(str(error)) from None
+        except OSError as error:
+            if error.errno is None:  # export_module's own refusal of an existing target
+                raise UsageError(str(error)) from None
+            raise UsageError(
+                f"cannot write {args.save}: {error.strerror or error}; pass another --save"
+            ) from None
         print(f"wrote {path} and {path.with_suffix('.pt')}")
     return 0
 
@@ -559,13 +597,24 @@ def _check_writable(path: Path, force: bool) -> None:
     """Refuse an export target before hours of training, not after."""
     if path.suffix != ".py" or not path.stem.isidentifier():
         raise UsageError(f"--save must be a PATH.py with an importable module name, got {path}")
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    for target in (path, path.with_suffix(".pt")):  # the export writes both
+        if target.exists() and not force:
+            raise UsageError(f"{target} already exists; pass --force to overwrite it")
+    _check_folder_writable(path, "--save")
+
+
+def _check_folder_writable(path: Path, option: str) -> None:
+    """A file can be created beside ``path`` (probed with an unnamed temporary file that
+    leaves nothing behind), so a failure is a one-line error rather than an OSError."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; pass a file name")
     try:
-        with tempfile.TemporaryFile(dir=path.parent or "."):
+        with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
-        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+        raise UsageError(
+            f"cannot write {path}: {error.strerror or error}; pass another {option}"
+        ) from None
 
 
 if __name__ == "__main__":

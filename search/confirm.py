@@ -10,10 +10,10 @@ the test set gates the claim but never picks the winner.
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 import optuna
 import torch
@@ -21,7 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from search.data import confirm_data
-from search.storage import UsageError
+from search.storage import UsageError, artifact_store
 from search.train import Recipe, train
 from space import build
 
@@ -88,25 +88,34 @@ def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
 
 def confirm_study(
     study: optuna.Study,
-    store: FileSystemArtifactStore,
+    store: FileSystemArtifactStore | str | Path,
     *,
     top_k: int = 3,
     seeds: int = 3,
     data_dir: str | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
-    out=sys.stdout,
+    out: TextIO | None = None,  # None: whatever sys.stdout is at print time
 ) -> list[Confirmation]:
     """Retrain the top-k trials with ``seeds`` seeds on the full training set and record
-    their final-epoch test accuracy in the study. Already confirmed trials are reused."""
+    their final-epoch test accuracy in the study. Already confirmed trials are reused.
+
+    ``store`` may be the artifact folder's path: it is created only once the study and
+    the data have been checked, so bad input leaves no empty folder behind.
+    """
     settings = study.user_attrs.get("settings", {})
     target = settings.get("target", 99.4)
     subset = settings.get("train_subset")
     candidates = top_trials(study, top_k)
     if not candidates:
-        raise UsageError(f"study {study.study_name!r} has no completed trial to confirm yet")
+        raise UsageError(
+            f"study {study.study_name!r} has no completed trial to confirm yet; "
+            "run 'budgetnas search' (or wait for a trial to finish) and try again"
+        )
     done = confirmations(study)
     train_set, test_set = confirm_data(data_dir, device, train_subset=subset)
+    if isinstance(store, str | Path):
+        store = artifact_store(store)
     results = []
     for trial in candidates:
         known = done.get(trial.number)

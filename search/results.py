@@ -74,6 +74,11 @@ def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:
 
 def find_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, Confirmation | None]:
     """The trial to export: ``number``, or the study's winner (the first selected one)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise UsageError(
+            f"study {study.study_name!r} has no completed trial yet; "
+            "run 'budgetnas search' (or wait for a trial to finish) and try again"
+        )
     if number is None:
         winners = selected(study)
         if not winners:
@@ -84,11 +89,15 @@ def find_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, Co
         number = winners[0].trial
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
-        raise UsageError(f"study {study.study_name!r} has no trial {number}")
+        raise UsageError(
+            f"study {study.study_name!r} has no trial {number}; "
+            f"'budgetnas show {study.study_name}' lists its trials"
+        )
     trial = trials[number]
     if trial.state != TrialState.COMPLETE or "weights" not in trial.user_attrs:
         raise UsageError(
-            f"trial {number} did not complete ({trial.state.name}); export a completed trial"
+            f"trial {number} did not complete ({trial.state.name}); export a completed trial "
+            f"('budgetnas show {study.study_name}' lists them)"
         )
     return trial, confirmations(study).get(number)
 
@@ -143,7 +152,12 @@ def export_trial(
             origin=origin,
             force=force,
         )
-    except (FileExistsError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    except ValueError as error:
+        raise UsageError(f"{error}; pass --out PATH.py with an importable module name") from None
     except OSError as error:
-        raise UsageError(f"cannot write {out}: {error.strerror or error}") from None
+        if error.errno is None:  # export_module's own refusal of an existing target
+            raise UsageError(str(error)) from None
+        # Includes an OS-level FileExistsError, e.g. a file where a folder of --out should be.
+        raise UsageError(
+            f"cannot write {out}: {error.strerror or error}; pass another --out"
+        ) from None

@@ -10,16 +10,21 @@ stop losers, and leave their weights in Optuna's artifact store.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import multiprocessing
 import os
+import random
+import signal
+import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import optuna
 import torch
@@ -31,6 +36,7 @@ from search.sampler import sample_architecture, sample_recipe
 from search.storage import (
     DEFAULT_ARTIFACTS,
     DEFAULT_STORAGE,
+    MAX_RETRIES,
     UsageError,
     artifact_store,
     check_storage_url,
@@ -41,6 +47,11 @@ from space import ZOO, SpecError, analyse, build, normalise
 
 PRUNERS = ("median", "halving", "hyperband", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+INTERRUPTED = 130  # exit code of a worker process stopped by Ctrl-C, as a shell would set
+# How often a worker whose remaining slots are all held by running trials looks again: one
+# of those trials may yet fail (CUDA OOM, Ctrl-C, a dead worker) and free its slot.
+WAIT_POLL_S = 1.0
+WAIT_NOTICE_S = 10.0  # say why a worker sits idle once it has waited this long
 # Study settings that must not change when a search is resumed: trials trained under
 # other settings would not be comparable.
 FIXED_SETTINGS = ("budget", "epochs", "val_size", "train_subset", "seed")
@@ -124,6 +135,36 @@ class SurplusTrial(Exception):
     """Another worker already started the trial that completes --trials; this one yields."""
 
 
+class _RecordedFailures(logging.Filter):
+    """Drops Optuna's warning and traceback for the failures budgetnas expects and reports
+    itself: a surplus trial (routine with several workers), CUDA OOM (the trial's line
+    gives the reason) and Ctrl-C (the CLI says how to resume). Other failures, bugs
+    included, are still logged in full.
+    """
+
+    EXPECTED = (SurplusTrial, torch.cuda.OutOfMemoryError, KeyboardInterrupt)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: set[str] = set()  # "Trial N failed with" prefixes of dropped reports
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Trial ") or " failed with " not in message:
+            return True
+        prefix = message.split(" failed with ")[0]
+        if record.exc_info and isinstance(record.exc_info[1], self.EXPECTED):
+            self.dropped.add(prefix)
+            return False
+        if message.startswith(f"{prefix} failed with value") and prefix in self.dropped:
+            self.dropped.discard(prefix)  # Optuna's second line about the same trial
+            return False
+        return True
+
+
+_QUIET_FAILURES = _RecordedFailures()
+
+
 class Objective:
     """One trial: sample, check the budget, train, store the weights."""
 
@@ -133,9 +174,12 @@ class Objective:
         self.validation = validation
         self.device = device
         self.store = artifact_store(config.artifacts)
+        # The trial this process runs now, so that Ctrl-C outside training can still fail it.
+        self.trial_number: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.config
+        self.trial_number = trial.number
         if not _claim_slot(trial, config.trials):
             raise SurplusTrial(f"trial {trial.number}: --trials {config.trials} already reached")
         zoo_name = trial.user_attrs.get("zoo")
@@ -159,7 +203,7 @@ class Objective:
         if over > 0:
             reason = f"{analysis.params:,} parameters > budget {config.budget:,}"
             _prune_untrained(trial, reason, over_budget=float(over))
-        trial.set_constraint("params_over_budget", float(over))
+        _set_constraint(trial, float(over))
 
         curve: list[dict] = []
 
@@ -190,6 +234,8 @@ class Objective:
         torch.manual_seed(config.seed + trial.number)
         model = build(spec)
         trial.set_user_attr("device", str(self.device))
+        # Which process ran it: with workers on several machines, where to look for its log.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         started = time.perf_counter()
         try:
             result = train(
@@ -208,6 +254,9 @@ class Objective:
         except torch.cuda.OutOfMemoryError:
             trial.set_user_attr("fail_reason", "CUDA out of memory (batch or widths too large)")
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
         finally:
             trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 2))
         self._save_weights(trial, result.state_dict)
@@ -224,9 +273,20 @@ class Objective:
 
 
 def _prune_untrained(trial: optuna.Trial, reason: str, over_budget: float) -> NoReturn:
-    trial.set_constraint("params_over_budget", over_budget)
+    _set_constraint(trial, over_budget)
     trial.set_user_attr("pruned_reason", reason)
     raise optuna.TrialPruned(reason)
+
+
+def _set_constraint(trial: optuna.Trial, over_budget: float) -> None:
+    """Hand TPE the budget violation, once.
+
+    A trial retried after its worker died (RetryHeartbeatStaleTrialCallback) inherits the
+    failed trial's system attributes, constraint included; setting it again would only
+    make Optuna warn, and the value is the same since the architecture is.
+    """
+    if "params_over_budget" not in trial.constraints:
+        trial.set_constraint("params_over_budget", over_budget)
 
 
 def _claim_slot(trial: optuna.Trial, trials: int) -> bool:
@@ -234,6 +294,11 @@ def _claim_slot(trial: optuna.Trial, trials: int) -> bool:
 
     Workers check before asking for a trial, but two can ask at once; the one with the
     lower trial number wins, so the study ends with exactly ``trials`` finished trials.
+    This holds under any number of workers because storages number trials under a lock
+    (RDBStorage locks the study row): when a trial looks, every trial with a lower number
+    is already visible as running or finished, so the highest of any ``trials + 1`` trials
+    that would all finish sees the other ``trials`` ahead of it and yields. A yielded slot
+    whose holder later fails is taken up again by the waiting in ``run_worker``.
     """
     others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
     ahead = [t for t in others if t.state != TrialState.RUNNING or t.number < trial.number]
@@ -289,9 +354,18 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
     return study
 
 
-def _sampler(config: SearchConfig, worker: int = 0) -> optuna.samplers.TPESampler:
-    # Each worker seeds its own sampler: identical seeds would propose identical trials.
-    return optuna.samplers.TPESampler(seed=config.seed + 1000 * worker)
+def _sampler(config: SearchConfig, worker: int = 0, history: int = 0) -> optuna.samplers.TPESampler:
+    """TPE seeded for this worker and for the trials the study already holds.
+
+    Each worker seeds its own sampler: identical seeds would propose identical trials.
+    A resumed search seeds by ``history`` too: with the seed of the first run, TPE's
+    random start-up would propose that run's candidates again, in the same order, and
+    train them a second time. A fresh study keeps the plain seed.
+    """
+    seed = config.seed + 1000 * worker
+    if history:
+        seed = random.Random(f"{seed}:{history}").getrandbits(32)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 TrialLogger = Callable[[optuna.Study, FrozenTrial], None]
@@ -317,7 +391,7 @@ def _last_value(trial: FrozenTrial) -> str:
 class Progress:
     """Prints each finished trial and an overall bar with an ETA across the run."""
 
-    def __init__(self, study: optuna.Study, total: int, workers: int, out=sys.stdout):
+    def __init__(self, study: optuna.Study, total: int, workers: int, out: TextIO | None = None):
         self.total, self.workers, self.out = total, workers, out
         self.done_at_start = finished_count(study)
         self.started = time.perf_counter()
@@ -347,13 +421,20 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def run_worker(config: SearchConfig, worker: int = 0) -> None:
+def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = None) -> None:
     """Run trials in this process until the study has ``config.trials`` finished trials
-    (or the timeout passes). Every worker, local or on another machine, runs this."""
+    (or the timeout passes). Every worker, local or on another machine, runs this.
+
+    A worker leaves only once the study is done, not as soon as the last slots are taken:
+    a running trial may still fail (CUDA OOM, Ctrl-C, a killed worker whose heartbeat
+    stops), and the study would end short of ``config.trials`` if nobody took its slot.
+    ``parent_pid`` is set in workers that ``run_search`` spawned: once that process is
+    gone (killed), they finish their trial and stop rather than run on unseen.
+    """
     device = check_device(config.device)
     if device.type == "cpu" and config.workers > 1:
         # Side-by-side single-thread trials use the cores better than one wide trial.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
+        torch.set_num_threads(threads_per_worker(config.workers))
     fit, validation = search_data(
         config.data_dir, device, config.val_size, config.seed, config.train_subset
     )
@@ -364,27 +445,120 @@ def run_worker(config: SearchConfig, worker: int = 0) -> None:
         sampler=_sampler(config, worker),
         pruner=make_pruner(config.pruner, config.epochs),
     )
+    study.sampler = _sampler(config, worker, history=len(study.get_trials(deepcopy=False)))
     objective = Objective(config, fit, validation, device)
     progress = Progress(study, config.trials, config.workers)
+    optuna.logging.get_logger("optuna.study._optimize").addFilter(_QUIET_FAILURES)
     deadline = math.inf if config.timeout is None else time.monotonic() + config.timeout
+    waiting_since: float | None = None  # when the remaining slots were all taken
+    noticed = False
     while time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial must not hold a slot
+        if parent_pid is not None and os.getppid() != parent_pid:
+            print(f"worker {worker}: the search process is gone; stopping", file=sys.stderr)
+            return
+        _fail_stale_trials(study)  # a dead worker's trial must not hold a slot
+        finished = finished_count(study)
+        if finished >= config.trials:
+            return
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if finished_count(study) + running >= config.trials:
-            break
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(SurplusTrial, torch.cuda.OutOfMemoryError),
-            callbacks=[progress],
+        if finished + running >= config.trials:
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+            elif not noticed and time.monotonic() - waiting_since >= WAIT_NOTICE_S:
+                print(_waiting_notice(worker, running, config.heartbeat), flush=True)
+                noticed = True
+            time.sleep(WAIT_POLL_S)
+            continue
+        waiting_since, noticed = None, False
+        objective.trial_number = None
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(SurplusTrial, torch.cuda.OutOfMemoryError),
+                callbacks=[progress],
+            )
+        except KeyboardInterrupt:
+            if objective.trial_number is not None:
+                _requeue_interrupted(study, objective.trial_number)
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # after an OOM, give the memory back to other workers
+
+
+def _requeue_interrupted(study: optuna.Study, number: int) -> None:
+    """Fail the trial Ctrl-C stopped and queue the same candidate to run again on resume.
+
+    Optuna fails the trial when Ctrl-C lands in the objective; the tell here covers the
+    moments around it (sampling, Optuna's own tell), so no trial is left RUNNING. The
+    copy is queued as the heartbeat queues a dead worker's trial, so an interrupted
+    candidate (a --warm-start reference net, say) is not silently dropped from the search.
+    """
+
+    def stored() -> FrozenTrial:
+        return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+    if stored().state == TrialState.RUNNING:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    trial = stored()
+    if trial.state == TrialState.FAIL:
+        _queue_again(study, trial)
+
+
+def _queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue ``trial``'s candidate to run again, as RetryHeartbeatStaleTrialCallback does
+    (same "failed_trial" and "retry_history" system attributes, same MAX_RETRIES), but
+    without its results so far: a retry that inherited "fail_reason" would report it."""
+    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    history = [*system_attrs["retry_history"], trial.number]
+    if len(history) > MAX_RETRIES:
+        return
+    system_attrs["retry_history"] = history
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={key: trial.user_attrs[key] for key in ("zoo",) if key in trial.user_attrs},
+            system_attrs=system_attrs,
         )
+    )
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _waiting_notice(worker: int, running: int, heartbeat: int) -> str:
+    return (
+        f"worker {worker}: the last slots are held by {running} running trial(s); waiting in "
+        f"case one fails (a dead worker's trial is failed and retried after {2 * heartbeat} s "
+        "without a heartbeat)"
+    )
+
+
+def threads_per_worker(workers: int) -> int:
+    """CPU threads for each of ``workers`` local workers: the usable cores, split evenly.
+
+    Counts the cores this process may run on (a container or ``taskset`` limit), not the
+    machine's, and never goes below one thread.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
 
 
 def run_search(config: SearchConfig) -> optuna.Study:
     """Create or resume the study and run ``config.workers`` workers on it.
 
     Data and arguments are checked before the study exists, so bad input leaves no
-    half-made study behind.
+    half-made study behind. Extra workers are spawned processes (CUDA and many BLAS
+    builds do not survive fork). Ctrl-C, which a terminal sends to all of them, stops
+    each at its running trial; a SIGINT sent to this process alone is passed on to them.
     """
     config.check()
     device = check_device(config.device)
@@ -395,14 +569,49 @@ def run_search(config: SearchConfig) -> optuna.Study:
         return study
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=run_worker, args=(config, index))
+        context.Process(
+            target=_worker_process,
+            args=(config, index, os.getpid(), optuna.logging.get_verbosity()),
+            name=f"worker {index}",
+        )
         for index in range(1, config.workers)
     ]
     for child in children:
         child.start()
     try:
         run_worker(config, 0)
+    except KeyboardInterrupt:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGINT)
+        raise
     finally:
         for child in children:
             child.join()
+    for child in children:
+        if child.exitcode:
+            print(
+                f"{child.name} exited with code {child.exitcode}; the other workers carried on",
+                file=sys.stderr,
+            )
     return study
+
+
+def _worker_process(config: SearchConfig, worker: int, parent_pid: int, verbosity: int) -> None:
+    """Entry point of a spawned worker: Ctrl-C fails its running trial and ends it quietly.
+
+    The first SIGINT raises KeyboardInterrupt and later ones are ignored, so a Ctrl-C
+    from the terminal plus the one ``run_search`` passes on cannot interrupt the cleanup.
+    A spawned process starts with Optuna's default logging, so it gets the parent's.
+    """
+    signal.signal(signal.SIGINT, _interrupt_once)
+    optuna.logging.set_verbosity(verbosity)
+    try:
+        run_worker(config, worker, parent_pid=parent_pid)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+
+
+def _interrupt_once(signum: int, frame: object) -> NoReturn:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt

@@ -1,0 +1,247 @@
+"""The training engine: one model, one recipe, a few epochs over tensors on the device.
+
+There is no DataLoader: the whole split already sits on the device as uint8, so
+each step is an index, a batched augmentation and a forward/backward pass. Data
+order and augmentation come from a private generator seeded by `seed`, so a run
+is reproducible from (model init, recipe, seed) alone. The caller owns model
+init: call `torch.manual_seed(seed)` before building the model.
+"""
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from search.augment import random_affine
+from search.data import Split
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "step")
+CUDA_CHECK_EVERY = 25  # steps between loss checks on CUDA, where each check is a host sync
+
+
+@dataclass
+class Recipe:
+    """How to train: everything the search may vary, as plain JSON-friendly fields.
+
+    The defaults take ref7676 (7,676 parameters) past 99.4% test accuracy in 15
+    epochs on the full 60k training set.
+    """
+
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" (Nesterov, momentum 0.9) | "adam" | "adamw"
+    lr: float = 0.1  # peak learning rate
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # "onecycle" | "step" (x0.1 at 50% and 75% of training)
+    label_smoothing: float = 0.0
+    rotate: float = 8.0  # degrees
+    translate: float = 0.1  # fraction of the image size
+    scale: float = 0.08  # fraction; rotate = translate = scale = 0 turns augmentation off
+
+    def __post_init__(self) -> None:
+        # Fail when the recipe is made (e.g. rebuilt from a stored trial), not epochs later.
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS} (got {self.optimizer!r})")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})"
+            )
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"need lr > 0 and weight_decay >= 0 (got {self.lr}, {self.weight_decay})"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if min(self.rotate, self.translate, self.scale) < 0:
+            raise ValueError("rotate, translate and scale must be >= 0")
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float  # mean over the epoch's steps
+    accuracy: float  # percent correct on the evaluation split after this epoch
+    seconds: float  # wall time of the epoch, its evaluation included
+
+
+@dataclass
+class TrainResult:
+    epochs: list[EpochStats]
+    accuracy: float  # final epoch's, in percent: what the model being returned scores
+    seconds: float
+    device: str
+    state_dict: dict[str, torch.Tensor]  # CPU copies, safe to keep after the model moves on
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss went NaN or infinite; more steps cannot recover, so training stops."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; "cpu" or "cuda[:N]" as asked, if it exists."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N] (got {name!r})")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} requested but CUDA is not available here; use cpu or auto"
+        )
+    return device
+
+
+def train(
+    model: nn.Module,
+    fit: Split,
+    evaluation: Split,
+    recipe: Recipe,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train `model` in place on `fit`, scoring it on `evaluation` after every epoch.
+
+    `device` defaults to where `fit` lives. `on_epoch` sees each epoch's stats and
+    may raise (e.g. optuna.TrialPruned) to stop training; the exception propagates.
+    Raises NonFiniteLoss as soon as the loss is NaN/inf (within CUDA_CHECK_EVERY
+    steps on CUDA, where checking every step would stall the GPU).
+    """
+    device = fit.images.device if device is None else torch.device(device)
+    cuda = device.type == "cuda"
+    images, labels = fit.images.to(device), fit.labels.to(device)
+    model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+
+    generator = torch.Generator().manual_seed(seed)
+    # Drop the last partial batch: a reshuffle each epoch means no image is left out
+    # for good, and a tiny final batch would give BatchNorm noisy statistics.
+    batch = min(recipe.batch_size, len(images))
+    steps = len(images) // batch
+    optimizer = _optimizer(model, recipe)
+    scheduler = _scheduler(optimizer, recipe, steps * recipe.epochs)
+    check_every = CUDA_CHECK_EVERY if cuda else 1
+
+    history: list[EpochStats] = []
+    start = time.perf_counter()
+    for epoch in range(1, recipe.epochs + 1):
+        began = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(images), generator=generator).to(device, non_blocking=True)
+        losses = torch.zeros(steps, device=device)  # kept on the device: no sync per step
+        checked = 0
+        rate = 0.0
+        with _bar(epoch, recipe.epochs, steps, progress) as bar:
+            for step in range(steps):
+                index = order[step * batch : (step + 1) * batch]
+                x = random_affine(
+                    _floats(images[index]), generator, recipe.rotate, recipe.translate, recipe.scale
+                )
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    logits = model(_layout(x, cuda))
+                    loss = F.cross_entropy(
+                        logits, labels[index], label_smoothing=recipe.label_smoothing
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses[step] = loss.detach()
+                if (step + 1) % check_every == 0 or step + 1 == steps:
+                    _check_finite(losses[checked : step + 1], epoch, checked, recipe)
+                    checked = step + 1
+                if progress:
+                    rate = (step + 1) * batch / (time.perf_counter() - began)
+                    bar.set_postfix_str(f"{rate:.0f} img/s", refresh=False)
+                    bar.update()
+            train_loss = losses.mean().item()
+            accuracy = evaluate(model, evaluation)
+            bar.set_postfix_str(f"{rate:.0f} img/s, loss {train_loss:.4f}, acc {accuracy:.2f}%")
+        stats = EpochStats(epoch, train_loss, accuracy, time.perf_counter() - began)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    state_dict = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+    return TrainResult(
+        history, history[-1].accuracy, time.perf_counter() - start, str(device), state_dict
+    )
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
+    """Percent of `split` that `model` classifies correctly (run on the model's device)."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for i in range(0, len(split), batch_size):
+            x = _floats(split.images[i : i + batch_size].to(device, non_blocking=True))
+            y = split.labels[i : i + batch_size].to(device, non_blocking=True)
+            correct += (model(_layout(x, cuda)).argmax(dim=1) == y).sum()
+    model.train(was_training)
+    return 100.0 * correct.item() / len(split)
+
+
+def _bar(epoch: int, epochs: int, steps: int, progress: bool) -> tqdm:
+    # One line per epoch for people: batches done, ETA, then img/s (training only, so the
+    # evaluation at the end does not drag it down) and the epoch's results.
+    return tqdm(
+        total=steps,
+        desc=f"epoch {epoch}/{epochs}",
+        bar_format="{desc} {bar:20} {n_fmt}/{total_fmt} batches [{elapsed}<{remaining}{postfix}]",
+        file=sys.stderr,
+        disable=not progress,
+    )
+
+
+def _floats(images: torch.Tensor) -> torch.Tensor:
+    # uint8 N x 28 x 28 -> float N x 1 x 28 x 28 in [0, 1]; the model normalises itself.
+    return images.unsqueeze(1).float().div_(255)
+
+
+def _layout(x: torch.Tensor, cuda: bool) -> torch.Tensor:
+    # channels_last matches the model's weights on CUDA, where it speeds up bf16 convs.
+    return x.contiguous(memory_format=torch.channels_last) if cuda else x
+
+
+def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    params, lr, wd = model.parameters(), recipe.lr, recipe.weight_decay
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    # Both are stepped once per batch, so they stretch to fit any number of epochs.
+    if recipe.schedule == "onecycle":
+        # cycle_momentum=False keeps SGD's momentum (Adam's beta1) fixed as the recipe says.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.lr, total_steps=total_steps, cycle_momentum=False
+        )
+    milestones = [total_steps // 2, total_steps * 3 // 4]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, first_step: int, recipe: Recipe) -> None:
+    bad = torch.isfinite(losses).logical_not().nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise NonFiniteLoss(
+            f"loss became {losses[i].item()} at epoch {epoch}, step {first_step + i + 1};"
+            f" lr {recipe.lr} with {recipe.optimizer} is probably too high"
+        )

@@ -1,0 +1,292 @@
+"""Searches survive real faults: SIGKILL mid-trial, Ctrl-C, a diverging loss, CUDA OOM.
+
+The kill and Ctrl-C tests run the real ``budgetnas search`` in a subprocess on real MNIST
+(a tiny subset, so a trial lasts seconds) against an SQLite storage in tmp_path, and
+watch its progress through Optuna from outside, as a person with a dashboard would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+import search.study
+from search.study import FINISHED, SearchConfig, run_search
+from search.train import Recipe
+from space import ZOO
+
+DATA = os.environ.get("BUDGETNAS_DATA")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
+    reason="real MNIST not found: set BUDGETNAS_DATA to a folder holding MNIST/raw/",
+)
+STUDY = "faults"
+
+
+def budgetnas() -> list[str]:
+    """The installed console script, or the module when it is not on PATH."""
+    script = shutil.which("budgetnas")
+    return [script] if script else [sys.executable, "-m", "search.cli"]
+
+
+def search_args(folder: Path, trials: int) -> list[str]:
+    """A search whose trials train for a few seconds each on one CPU thread.
+
+    --warm-start makes trial 0 the 7,676-parameter reference net with the default recipe,
+    so the first trial always trains (a sampled one may be pruned over budget at once).
+    """
+    return [
+        "search", "--study", STUDY, "--budget", "8000", "--epochs", "3",
+        "--trials", str(trials), "--warm-start", "--pruner", "none",
+        "--train-subset", "1000", "--val-size", "500", "--device", "cpu",
+        "--storage", f"sqlite:///{folder}/s.db", "--artifacts", str(folder / "artifacts"),
+        "--no-confirm", "--heartbeat", "1",
+    ]  # fmt: skip
+
+
+def child_env() -> dict[str, str]:
+    # One thread: on a shared, busy CPU two spinning OpenMP threads per trial are several
+    # times slower than one.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        budgetnas() + args,
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        budgetnas() + args, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def trials_of(folder: Path) -> list[FrozenTrial]:
+    """The study's trials as stored now, read through a fresh, heartbeat-less storage."""
+    storage = RDBStorage(
+        f"sqlite:///{folder}/s.db", engine_kwargs={"connect_args": {"timeout": 60}}
+    )
+    try:
+        return optuna.load_study(study_name=STUDY, storage=storage).get_trials()
+    finally:
+        storage.engine.dispose()
+
+
+def wait_for(
+    folder: Path,
+    process: subprocess.Popen,
+    ready: Callable[[list[FrozenTrial]], FrozenTrial | None],
+    timeout: float = 90,
+) -> FrozenTrial:
+    """Poll the storage until ``ready`` picks a trial; fail if the search ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the search ended early:\n" + "".join(process.communicate())
+        if (folder / "s.db").exists():
+            try:
+                found = ready(trials_of(folder))
+            except KeyError:  # the study is not created yet
+                found = None
+            if found is not None:
+                return found
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("timed out:\n" + "".join(process.communicate()))
+
+
+def training(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """A RUNNING trial that is inside train() (its device is recorded just before)."""
+    running = [t for t in trials if t.state == TrialState.RUNNING and "device" in t.user_attrs]
+    return running[0] if running else None
+
+
+def weights_file(folder: Path, trial: FrozenTrial) -> Path:
+    return folder / "artifacts" / trial.user_attrs["weights"]
+
+
+def assert_no_candidate_trained_twice(trials: list[FrozenTrial]) -> None:
+    """A resumed search proposes new candidates; only a failed trial's retry repeats one."""
+    candidates = [
+        json.dumps([t.params, t.user_attrs.get("spec")], sort_keys=True)
+        for t in trials
+        if t.state in FINISHED and "zoo" not in t.user_attrs
+    ]
+    assert len(set(candidates)) == len(candidates), "a candidate was trained twice"
+
+
+@needs_data
+def test_sigkill_mid_trial_is_failed_retried_and_resume_loses_nothing(tmp_path: Path) -> None:
+    args = search_args(tmp_path, trials=3)
+    first = start(args, tmp_path)
+
+    def after_a_completed_one(trials: list[FrozenTrial]) -> FrozenTrial | None:
+        victim = training(trials)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        return victim if victim and done and done[0].number < victim.number else None
+
+    victim = wait_for(tmp_path, first, after_a_completed_one)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    before = {t.number: t for t in trials_of(tmp_path) if t.state == TrialState.COMPLETE}
+    assert before and trials_of(tmp_path)[victim.number].state == TrialState.RUNNING  # a zombie
+
+    started = time.monotonic()
+    finish(args, tmp_path)  # the same command resumes the study
+    resumed_seconds = time.monotonic() - started
+
+    trials = trials_of(tmp_path)
+    assert sum(t.state in FINISHED for t in trials) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[victim.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retried) == 1 and retried[0].state in FINISHED
+    assert retried[0].params == victim.params
+    assert retried[0].user_attrs["spec"] == victim.user_attrs["spec"]
+    assert_no_candidate_trained_twice(trials)
+    for number, old in before.items():  # completed trials are intact, weights included
+        now = trials[number]
+        assert (now.state, now.value, now.params) == (old.state, old.value, old.params)
+        assert now.user_attrs["weights"] == old.user_attrs["weights"]
+        assert weights_file(tmp_path, now).is_file()
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            assert weights_file(tmp_path, trial).is_file()
+    print(f"killed trial {victim.number}; resume ran {resumed_seconds:.1f} s")
+
+
+@needs_data
+def test_ctrl_c_fails_the_running_trial_and_the_same_command_resumes(tmp_path: Path) -> None:
+    args = search_args(tmp_path, trials=2)
+    first = start(args, tmp_path)
+
+    def one_epoch_in(trials: list[FrozenTrial]) -> FrozenTrial | None:
+        trial = training(trials)
+        return trial if trial and trial.user_attrs.get("curve") else None
+
+    interrupted = wait_for(tmp_path, first, one_epoch_in)
+    sent = time.monotonic()
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=60)
+    stop_seconds = time.monotonic() - sent
+
+    assert first.returncode == 130, out + err
+    assert "interrupted" in err
+    assert shlex.join(["budgetnas", *args]) in err  # how to resume: the same command
+    assert "Traceback" not in err
+    trials = trials_of(tmp_path)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[interrupted.number].state == TrialState.FAIL
+    assert "interrupted" in trials[interrupted.number].user_attrs["fail_reason"]
+    # The interrupted candidate waits to run again: here the warm-start reference net.
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert [t.system_attrs["failed_trial"] for t in queued] == [interrupted.number]
+
+    finish(args, tmp_path)
+    trials = trials_of(tmp_path)
+    assert sum(t.state in FINISHED for t in trials) == 2
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    rerun = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number]
+    assert len(rerun) == 1 and rerun[0].state in FINISHED
+    assert rerun[0].user_attrs["spec"] == interrupted.user_attrs["spec"]
+    assert "fail_reason" not in rerun[0].user_attrs
+    assert_no_candidate_trained_twice(trials)
+    print(f"Ctrl-C stopped the search in {stop_seconds:.1f} s")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def in_process_config(folder: Path, trials: int) -> SearchConfig:
+    return SearchConfig(
+        study=STUDY,
+        budget=8000,
+        epochs=1,
+        trials=trials,
+        storage=f"sqlite:///{folder}/s.db",
+        artifacts=str(folder / "artifacts"),
+        data_dir=DATA,
+        device="cpu",
+        train_subset=512,
+        val_size=200,
+        pruner="none",
+        epoch_lines=False,
+    )
+
+
+def reference_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every sampled trial trains ref7676 (under the budget), so each one really trains."""
+    monkeypatch.setattr(search.study, "sample_architecture", lambda trial, budget: ZOO["ref7676"])
+
+
+@needs_data
+@pytest.mark.usefixtures("one_thread")
+def test_a_diverging_loss_prunes_that_trial_with_the_reason_and_the_study_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference_net(monkeypatch)
+
+    def recipe(trial: optuna.Trial, epochs: int) -> Recipe:
+        lr = 1e8 if trial.number == 0 else 0.1  # SGD at lr 1e8 overflows within steps
+        return Recipe(epochs=epochs, lr=lr)
+
+    monkeypatch.setattr(search.study, "sample_recipe", recipe)
+    study = run_search(in_process_config(tmp_path, trials=2))
+
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE]  # 2 finished
+    reason = trials[0].user_attrs["pruned_reason"]
+    assert reason.startswith("non-finite loss") and "lr 100000000.0" in reason
+    assert "weights" not in trials[0].user_attrs
+    assert all(weights_file(tmp_path, t).is_file() for t in trials[1:])
+
+
+@needs_data
+@pytest.mark.usefixtures("one_thread")
+def test_cuda_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference_net(monkeypatch)
+    real_train = search.study.train
+    calls = []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(search.study, "train", train)
+    study = run_search(in_process_config(tmp_path, trials=2))
+
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "CUDA out of memory" in trials[0].user_attrs["fail_reason"]
+    assert "CUDA out of memory" in capsys.readouterr().out  # the progress line says why
+    assert all(weights_file(tmp_path, t).is_file() for t in trials[1:])

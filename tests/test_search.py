@@ -1,0 +1,202 @@
+"""The search on real MNIST, end to end through the CLI: search, resume, show, export, report."""
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.confirm import confirmations, selected
+from search.data import confirm_data, resolve_data_dir
+from search.sampler import sample_architecture
+from search.storage import open_storage
+from search.study import Objective, SearchConfig, create_or_resume
+from search.train import evaluate
+from space import analyse, build, normalise
+
+DATA = os.environ.get("BUDGETNAS_DATA")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
+)
+
+
+@pytest.mark.parametrize("budget", [4_000, 8_000, 20_000])
+def test_sampled_specs_are_valid_and_mostly_fit_the_budget(budget):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=budget))
+    counts = []
+
+    def objective(trial: optuna.Trial) -> float:
+        spec = sample_architecture(trial, budget)
+        counts.append(analyse(normalise(spec)).params)  # raises if a spec were invalid
+        return 0.0
+
+    study.optimize(objective, n_trials=150)
+    fits = [c for c in counts if c <= budget]
+    assert len(fits) / len(counts) > 0.5
+    # ...and the ones that fit use a fair share of it, rather than all being tiny.
+    assert statistics.median(fits) > budget / 4
+
+
+def test_over_budget_candidates_are_pruned_before_training(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a candidate over the budget must not train")
+
+    monkeypatch.setattr("search.study.train", no_training)
+    config = SearchConfig(
+        budget=300,
+        epochs=1,
+        trials=5,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        artifacts=str(tmp_path / "artifacts"),
+    )
+    study = create_or_resume(config)
+    empty = torch.empty(0)
+    objective = Objective(config, empty, empty, torch.device("cpu"))  # data is never touched
+    study.optimize(objective, n_trials=5)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 5
+    for trial in trials:
+        assert trial.user_attrs["params"] > 300
+        assert "> budget 300" in trial.user_attrs["pruned_reason"]
+        assert trial.constraints == {"params_over_budget": trial.user_attrs["params"] - 300}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One real search: warm-started ref7676 plus sampled trials, 1 epoch on a subset."""
+    if not DATA:
+        pytest.skip("real MNIST not available")
+    folder = tmp_path_factory.mktemp("search")
+    args = [
+        "search", "--budget", "8000", "--epochs", "1", "--trials", "3", "--warm-start",
+        "--train-subset", "3000", "--val-size", "1000", "--top-k", "1", "--seeds", "2",
+        "--target", "50", "--pruner", "none",
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # the default storage and artifacts land in the working directory
+        assert main(args) == 0
+        yield folder, args
+
+
+@needs_data
+def test_search_records_trials_confirms_and_selects(searched):
+    folder, _ = searched
+    study = optuna.load_study(
+        study_name="mnist-8000p-1e",
+        storage=open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None),
+    )
+    trials = study.get_trials()
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
+    first = trials[0]
+    assert first.user_attrs["zoo"] == "ref7676" and first.user_attrs["params"] == 7_676
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            assert trial.user_attrs["params"] <= 8_000
+            assert len(trial.user_attrs["curve"]) == 1
+            assert trial.user_attrs["receptive_field"] > 1
+            assert (folder / "artifacts" / trial.user_attrs["weights"]).is_file()
+    [confirmation] = confirmations(study).values()
+    assert len(confirmation.test_accuracy) == 2
+    assert selected(study) == [confirmation] if confirmation.mean >= 50 else selected(study) == []
+
+
+@needs_data
+def test_rerunning_the_command_resumes_the_study(searched, capsys):
+    folder, args = searched
+    storage = open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None)
+    before = len(optuna.load_study(study_name="mnist-8000p-1e", storage=storage).trials)
+    assert main([*args, "--no-confirm"]) == 0  # the 3 trials are there: nothing to run
+    assert len(optuna.load_study(study_name="mnist-8000p-1e", storage=storage).trials) == before
+    more = list(args)
+    more[more.index("--trials") + 1] = "4"
+    assert main([*more, "--no-confirm"]) == 0
+    study = optuna.load_study(study_name="mnist-8000p-1e", storage=storage)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4
+    assert "trial    3:" in capsys.readouterr().out
+
+
+@needs_data
+def test_show_lists_the_top_trials(searched, capsys):
+    assert main(["show", "mnist-8000p-1e"]) == 0
+    out = capsys.readouterr().out
+    assert "7,676" in out and "COMPLETE" in out and "test mean %" in out
+
+
+@needs_data
+def test_export_writes_a_standalone_module_whose_weights_reproduce_its_figures(searched):
+    folder, _ = searched
+    study = optuna.load_study(
+        study_name="mnist-8000p-1e",
+        storage=open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None),
+    )
+    [confirmation] = confirmations(study).values()
+    out = folder / "exported" / "winner.py"
+    code = main(["export", "mnist-8000p-1e", "--trial", str(confirmation.trial), "--out", str(out)])
+    assert code == 0 and out.is_file() and out.with_suffix(".pt").is_file()
+
+    # Standalone: a fresh interpreter where the project's packages cannot be imported.
+    script = (
+        "import sys; sys.modules['space'] = None; sys.modules['search'] = None; "
+        f"sys.path.insert(0, {str(out.parent)!r}); import winner; net = winner.load(); "
+        "print(winner.PARAMS, winner.METRICS['weights_test_accuracy'])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    params, recorded = result.stdout.split()
+    assert int(params) == confirmation.params
+
+    # The shipped weights score exactly what METRICS says on the real test set.
+    sys.path.insert(0, str(out.parent))
+    try:
+        import winner
+    finally:
+        sys.path.remove(str(out.parent))
+    _, test = confirm_data(resolve_data_dir(None), "cpu")
+    assert abs(evaluate(winner.load(), test) - float(recorded)) < 0.01
+    assert float(recorded) in confirmation.test_accuracy
+
+    # Refused the second time, nothing changed; accepted with --force.
+    before = out.read_bytes()
+    assert (
+        main(["export", "mnist-8000p-1e", "--trial", str(confirmation.trial), "--out", str(out)])
+        == 2
+    )
+    assert out.read_bytes() == before
+    assert main(["export", "mnist-8000p-1e", "--trial", "0", "--out", str(out), "--force"]) == 0
+
+
+@needs_data
+def test_export_of_a_built_net_matches_the_search_weights(searched):
+    folder, _ = searched
+    study = optuna.load_study(
+        study_name="mnist-8000p-1e",
+        storage=open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None),
+    )
+    trial = study.trials[0]
+    out = folder / "exported" / "first.py"
+    assert main(["export", "mnist-8000p-1e", "--trial", "0", "--out", str(out)]) == 0
+    state = torch.load(folder / "artifacts" / trial.user_attrs["weights"], weights_only=True)
+    net = build(trial.user_attrs["spec"]).eval()
+    net.load_state_dict(state)
+    sys.path.insert(0, str(out.parent))
+    try:
+        import first
+    finally:
+        sys.path.remove(str(out.parent))
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(first.load()(x), net(x), atol=1e-5)
+
+
+@needs_data
+def test_report_is_written(searched):
+    folder, _ = searched
+    assert main(["report", "mnist-8000p-1e", "--out", str(folder / "report.html")]) == 0
+    html = (folder / "report.html").read_text()
+    assert "plotly" in html.lower() and "mnist-8000p-1e" in html

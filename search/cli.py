@@ -8,14 +8,34 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shlex
+import socket
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
-from search.data import DataError
-from search.storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, UsageError
-from space import ZOO, SpecError
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+
+from search.confirm import confirm_study, selected
+from search.dashboard import serve
+from search.data import DataError, confirm_data
+from search.report import write_report
+from search.results import export_trial, studies_table, trials_table
+from search.storage import (
+    DEFAULT_ARTIFACTS,
+    DEFAULT_STORAGE,
+    UsageError,
+    artifact_store,
+    load_study,
+    open_storage,
+)
+from search.study import SearchConfig, check_device, run_search, run_worker
+from search.train import Recipe, train
+from space import ZOO, SpecError, analyse, build, export_module, from_json
 
 INTERRUPTED = 130
 
@@ -203,10 +223,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_optuna() -> None:
     """budgetnas prints its own line per trial; Optuna's INFO log would repeat it."""
-    import warnings
-
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -262,9 +278,6 @@ def _selection_table(results) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.confirm import confirm_study
-    from search.storage import artifact_store
-    from search.study import SearchConfig, check_device, run_search
 
     config = SearchConfig(
         budget=args.budget,
@@ -308,19 +321,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         device=check_device(config.device),
         progress=sys.stderr.isatty(),
     )
-    return _print_selection(study.study_name, results, args.storage)
+    return _print_selection(study, results, args.storage)
 
 
-def _print_selection(study_name: str, results, storage: str) -> int:
+def _print_selection(study: optuna.Study, results, storage: str) -> int:
     print("\n" + _selection_table(results))
-    winners = [c for c in results if c.selected]
+    winners = selected(study)  # the same winner that 'budgetnas export' picks
     if winners:
-        best = sorted(winners, key=lambda c: (-c.val_accuracy, c.params))[0]
+        best = winners[0]
         print(
             f"\nselected: trial {best.trial}, {best.params:,} params, mean test {best.mean:.2f}% "
             f"(min {best.min:.2f}%) over {len(best.seeds)} seeds"
         )
-        print(f"export it: budgetnas export {study_name} --storage {storage}")
+        print(f"export it: budgetnas export {study.study_name} --storage {storage}")
     else:
         print(
             "\nno architecture cleared the target yet: run more trials (same command) or raise --epochs"
@@ -329,12 +342,8 @@ def _print_selection(study_name: str, results, storage: str) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from search.storage import load_study, open_storage
-    from search.study import SearchConfig, run_worker
 
-    study = load_study(
-        open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
-    )
+    study = _existing_study(args)
     settings = study.user_attrs.get("settings", {})
     if not settings or "trials" not in study.user_attrs:
         raise UsageError(
@@ -362,23 +371,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_study(args: argparse.Namespace) -> optuna.Study:
+    """The study named on the command line, from a storage that must already exist."""
+    return load_study(
+        open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
+    )
+
+
 def _worker_index() -> int:
     # Distinct sampler seeds for workers started by hand on several machines.
-    import os
-    import socket
-
     return hash((socket.gethostname(), os.getpid())) % 1000 + 1
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from search.confirm import confirm_study
-    from search.storage import load_study, open_storage
-    from search.study import check_device
 
     device = check_device(args.device)
-    study = load_study(
-        open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
-    )
+    study = _existing_study(args)
     results = confirm_study(
         study,
         args.artifacts,  # a path: confirm_study creates the folder only after its checks
@@ -388,12 +396,10 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         device=device,
         progress=sys.stderr.isatty(),
     )
-    return _print_selection(args.study, results, args.storage)
+    return _print_selection(study, results, args.storage)
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from search.results import studies_table
-    from search.storage import open_storage
 
     rows = studies_table(open_storage(args.storage, must_exist=True, heartbeat_interval=None))
     if not rows:
@@ -418,12 +424,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from search.results import trials_table
-    from search.storage import load_study, open_storage
 
-    study = load_study(
-        open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
-    )
+    study = _existing_study(args)
     settings = study.user_attrs.get("settings", {})
     budget = settings.get("budget")
     print(
@@ -449,14 +451,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from optuna.artifacts import FileSystemArtifactStore
 
-    from search.results import export_trial
-    from search.storage import load_study, open_storage
-
-    study = load_study(
-        open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
-    )
+    study = _existing_study(args)
     if not Path(args.artifacts).is_dir():
         raise UsageError(
             f"no artifact folder at {args.artifacts}; pass --artifacts where the search stored weights"
@@ -470,19 +466,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.report import write_report
-    from search.storage import load_study, open_storage
 
-    study = load_study(
-        open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
-    )
+    study = _existing_study(args)
     _check_folder_writable(Path(args.out), "--out")
     print(f"wrote {write_report(study, args.out)}")
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from search.dashboard import serve
 
     serve(args.storage, args.artifacts, host=args.host, port=args.port)
     return 0
@@ -490,7 +481,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def load_target(target: str) -> tuple[str, dict]:
     """(name, spec) of a zoo name, a spec JSON file or an exported module."""
-    from space import from_json
 
     if target in ZOO:
         return target, ZOO[target]
@@ -513,12 +503,6 @@ def load_target(target: str) -> tuple[str, dict]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from search.data import confirm_data
-    from search.study import check_device
-    from search.train import Recipe, train
-    from space import analyse, build, export_module
 
     name, spec = load_target(args.target)
     analysis = analyse(spec)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
+import random
 import shlex
-import socket
 import sys
 import tempfile
 import warnings
@@ -146,7 +145,7 @@ def build_parser() -> Parser:
     _add_storage(worker)
     _add_data(worker)
     worker.add_argument("--timeout", type=float)
-    worker.add_argument("--pruner", default="median")
+    worker.add_argument("--pruner", help="default: the one the search was started with")
     worker.add_argument("--heartbeat", type=int, default=60, help=argparse.SUPPRESS)
     worker.set_defaults(run=cmd_worker)
 
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         command = shlex.join(["budgetnas", *argv])
         print(
-            f"\ninterrupted: the running trial is marked failed and the study is intact; resume with:\n  {command}",
+            f"\ninterrupted: the running trial is marked failed and queued to run first on resume; the study is intact. Resume with:\n  {command}",
             file=sys.stderr,
         )
         return INTERRUPTED
@@ -363,11 +362,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         train_subset=settings["train_subset"],
         val_size=settings["val_size"],
-        pruner=args.pruner,
+        pruner=args.pruner or settings.get("pruner", "median"),
         heartbeat=args.heartbeat,
     )
     config.check()
-    run_worker(config, worker=_worker_index())
+    # A random worker index gives each hand-started worker its own sampler seed.
+    run_worker(config, worker=random.randrange(1, 2**20))
     return 0
 
 
@@ -376,11 +376,6 @@ def _existing_study(args: argparse.Namespace) -> optuna.Study:
     return load_study(
         open_storage(args.storage, must_exist=True, heartbeat_interval=None), args.study
     )
-
-
-def _worker_index() -> int:
-    # Distinct sampler seeds for workers started by hand on several machines.
-    return hash((socket.gethostname(), os.getpid())) % 1000 + 1
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:

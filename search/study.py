@@ -320,6 +320,7 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
         "val_size": config.val_size,
         "train_subset": config.train_subset,
         "seed": config.seed,
+        "pruner": config.pruner,  # what 'budgetnas worker' uses unless told otherwise
     }
     name = config.study_name
     if name in optuna.get_all_study_names(storage):
@@ -358,9 +359,9 @@ def _sampler(config: SearchConfig, worker: int = 0, history: int = 0) -> optuna.
     """TPE seeded for this worker and for the trials the study already holds.
 
     Each worker seeds its own sampler: identical seeds would propose identical trials.
-    A resumed search seeds by ``history`` too: with the seed of the first run, TPE's
-    random start-up would propose that run's candidates again, in the same order, and
-    train them a second time. A fresh study keeps the plain seed.
+    A resumed search seeds by ``history`` (the trials that ran) too: with the seed of the
+    first run, TPE's random start-up would propose that run's candidates again, in the
+    same order, and train them a second time. A fresh study keeps the plain seed.
     """
     seed = config.seed + 1000 * worker
     if history:
@@ -445,7 +446,8 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
         sampler=_sampler(config, worker),
         pruner=make_pruner(config.pruner, config.epochs),
     )
-    study.sampler = _sampler(config, worker, history=len(study.get_trials(deepcopy=False)))
+    ran = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL, TrialState.RUNNING))
+    study.sampler = _sampler(config, worker, history=len(ran))
     objective = Objective(config, fit, validation, device)
     progress = Progress(study, config.trials, config.workers)
     optuna.logging.get_logger("optuna.study._optimize").addFilter(_QUIET_FAILURES)

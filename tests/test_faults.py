@@ -7,11 +7,13 @@ watch its progress through Optuna from outside, as a person with a dashboard wou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -43,7 +45,7 @@ def budgetnas() -> list[str]:
     return [script] if script else [sys.executable, "-m", "search.cli"]
 
 
-def search_args(folder: Path, trials: int) -> list[str]:
+def search_args(folder: Path, trials: int, workers: int = 1, images: int = 1000) -> list[str]:
     """A search whose trials train for a few seconds each on one CPU thread.
 
     --warm-start makes trial 0 the 7,676-parameter reference net with the default recipe,
@@ -52,9 +54,9 @@ def search_args(folder: Path, trials: int) -> list[str]:
     return [
         "search", "--study", STUDY, "--budget", "8000", "--epochs", "3",
         "--trials", str(trials), "--warm-start", "--pruner", "none",
-        "--train-subset", "1000", "--val-size", "500", "--device", "cpu",
+        "--train-subset", str(images), "--val-size", "500", "--device", "cpu",
         "--storage", f"sqlite:///{folder}/s.db", "--artifacts", str(folder / "artifacts"),
-        "--no-confirm", "--heartbeat", "1",
+        "--no-confirm", "--heartbeat", "1", "--workers", str(workers),
     ]  # fmt: skip
 
 
@@ -94,6 +96,21 @@ def trials_of(folder: Path) -> list[FrozenTrial]:
         storage.engine.dispose()
 
 
+def study_exists(folder: Path) -> bool:
+    """A read-only look: opening RDBStorage while the search is still creating Optuna's
+    tables would race it (both try to create them, and one fails)."""
+    db = folder / "s.db"
+    if not db.exists():
+        return False
+    uri = f"{db.as_uri()}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as connection:
+            query = "SELECT 1 FROM studies WHERE study_name = ?"
+            return connection.execute(query, (STUDY,)).fetchone() is not None
+    except sqlite3.OperationalError:  # no tables yet
+        return False
+
+
 def wait_for(
     folder: Path,
     process: subprocess.Popen,
@@ -104,11 +121,8 @@ def wait_for(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the search ended early:\n" + "".join(process.communicate())
-        if (folder / "s.db").exists():
-            try:
-                found = ready(trials_of(folder))
-            except KeyError:  # the study is not created yet
-                found = None
+        if study_exists(folder):
+            found = ready(trials_of(folder))
             if found is not None:
                 return found
         time.sleep(0.2)
@@ -177,42 +191,52 @@ def test_sigkill_mid_trial_is_failed_retried_and_resume_loses_nothing(tmp_path: 
 
 
 @needs_data
-def test_ctrl_c_fails_the_running_trial_and_the_same_command_resumes(tmp_path: Path) -> None:
-    args = search_args(tmp_path, trials=2)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_fails_the_running_trials_and_the_same_command_resumes(
+    tmp_path: Path, workers: int
+) -> None:
+    """With --workers 2 the SIGINT goes to the main process only, as with ``kill -INT``;
+    it must pass it on to the spawned worker, whose trial is failed and queued too."""
+    # With two workers: longer trials and enough of them that the spawned worker, which
+    # starts seconds later, is training while the main one still is.
+    trials, images = (2, 1000) if workers == 1 else (4, 3000)
+    args = search_args(tmp_path, trials, workers, images)
     first = start(args, tmp_path)
 
-    def one_epoch_in(trials: list[FrozenTrial]) -> FrozenTrial | None:
-        trial = training(trials)
-        return trial if trial and trial.user_attrs.get("curve") else None
+    def all_workers_training(trials: list[FrozenTrial]) -> FrozenTrial | None:
+        busy = [t for t in trials if t.state == TrialState.RUNNING and "device" in t.user_attrs]
+        return busy[0] if len(busy) == workers and busy[0].user_attrs.get("curve") else None
 
-    interrupted = wait_for(tmp_path, first, one_epoch_in)
+    wait_for(tmp_path, first, all_workers_training)
     sent = time.monotonic()
     first.send_signal(signal.SIGINT)
-    out, err = first.communicate(timeout=60)
+    out, err = first.communicate(timeout=60)  # the pipes close once every worker is gone
     stop_seconds = time.monotonic() - sent
 
     assert first.returncode == 130, out + err
     assert "interrupted" in err
     assert shlex.join(["budgetnas", *args]) in err  # how to resume: the same command
     assert "Traceback" not in err
-    trials = trials_of(tmp_path)
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert trials[interrupted.number].state == TrialState.FAIL
-    assert "interrupted" in trials[interrupted.number].user_attrs["fail_reason"]
-    # The interrupted candidate waits to run again: here the warm-start reference net.
-    queued = [t for t in trials if t.state == TrialState.WAITING]
-    assert [t.system_attrs["failed_trial"] for t in queued] == [interrupted.number]
+    stopped = trials_of(tmp_path)
+    assert not [t for t in stopped if t.state == TrialState.RUNNING]
+    interrupted = [t for t in stopped if t.user_attrs.get("fail_reason") == "interrupted (Ctrl-C)"]
+    assert len(interrupted) == workers
+    assert all(t.state == TrialState.FAIL for t in interrupted)
+    # Each interrupted candidate waits to run again (one is the warm-start reference net).
+    queued = [t for t in stopped if t.state == TrialState.WAITING]
+    assert sorted(t.system_attrs["failed_trial"] for t in queued) == [t.number for t in interrupted]
 
     finish(args, tmp_path)
-    trials = trials_of(tmp_path)
-    assert sum(t.state in FINISHED for t in trials) == 2
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    rerun = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number]
-    assert len(rerun) == 1 and rerun[0].state in FINISHED
-    assert rerun[0].user_attrs["spec"] == interrupted.user_attrs["spec"]
-    assert "fail_reason" not in rerun[0].user_attrs
-    assert_no_candidate_trained_twice(trials)
-    print(f"Ctrl-C stopped the search in {stop_seconds:.1f} s")
+    resumed = trials_of(tmp_path)
+    assert sum(t.state in FINISHED for t in resumed) == trials
+    assert not [t for t in resumed if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for trial in interrupted:
+        rerun = [t for t in resumed if t.system_attrs.get("failed_trial") == trial.number]
+        assert len(rerun) == 1 and rerun[0].state in FINISHED
+        assert rerun[0].user_attrs["spec"] == trial.user_attrs["spec"]
+        assert "fail_reason" not in rerun[0].user_attrs
+    assert_no_candidate_trained_twice(resumed)
+    print(f"Ctrl-C stopped {workers} worker(s) in {stop_seconds:.1f} s")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-import search.study
+import search.objective
 from search.study import FINISHED, SearchConfig, run_search
 from search.train import Recipe
 from space import ZOO
@@ -266,7 +266,7 @@ def in_process_config(folder: Path, trials: int) -> SearchConfig:
 
 def reference_net(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every sampled trial trains ref7676 (under the budget), so each one really trains."""
-    monkeypatch.setattr(search.study, "sample_architecture", lambda trial, budget: ZOO["ref7676"])
+    monkeypatch.setattr(search.objective, "sample_architecture", lambda trial, budget: ZOO["ref7676"])
 
 
 @needs_data
@@ -280,7 +280,7 @@ def test_a_diverging_loss_prunes_that_trial_with_the_reason_and_the_study_goes_o
         lr = 1e8 if trial.number == 0 else 0.1  # SGD at lr 1e8 overflows within steps
         return Recipe(epochs=epochs, lr=lr)
 
-    monkeypatch.setattr(search.study, "sample_recipe", recipe)
+    monkeypatch.setattr(search.objective, "sample_recipe", recipe)
     study = run_search(in_process_config(tmp_path, trials=2))
 
     trials = study.get_trials()
@@ -297,7 +297,7 @@ def test_cuda_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reference_net(monkeypatch)
-    real_train = search.study.train
+    real_train = search.objective.train
     calls = []
 
     def train(*args, **kwargs):
@@ -306,7 +306,7 @@ def test_cuda_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(search.study, "train", train)
+    monkeypatch.setattr(search.objective, "train", train)
     study = run_search(in_process_config(tmp_path, trials=2))
 
     trials = study.get_trials()

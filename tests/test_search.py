@@ -14,9 +14,10 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.confirm import confirmations, selected
 from search.data import confirm_data, resolve_data_dir
+from search.objective import Objective
 from search.sampler import sample_architecture
 from search.storage import open_storage
-from search.study import Objective, SearchConfig, create_or_resume
+from search.study import SearchConfig, create_or_resume
 from search.train import evaluate
 from space import analyse, build, normalise
 
@@ -47,7 +48,7 @@ def test_over_budget_candidates_are_pruned_before_training(tmp_path, monkeypatch
     def no_training(*args, **kwargs):
         raise AssertionError("a candidate over the budget must not train")
 
-    monkeypatch.setattr("search.study.train", no_training)
+    monkeypatch.setattr("search.objective.train", no_training)
     config = SearchConfig(
         budget=300,
         epochs=1,

@@ -28,13 +28,14 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+import search.objective
 import search.study
 from search.data import Split
+from search.objective import _claim_slot
 from search.storage import open_storage
 from search.study import (
     FINISHED,
     SearchConfig,
-    _claim_slot,
     create_or_resume,
     run_worker,
     threads_per_worker,
@@ -122,7 +123,7 @@ def test_a_worker_waits_for_running_trials_that_may_fail_and_takes_over(
     """The last slot is held by another worker's trial, which then fails: this worker must
     not leave while it runs, or the study would end one trial short."""
     monkeypatch.setattr(search.study, "search_data", no_data)
-    monkeypatch.setattr(search.study, "train", instant_train)
+    monkeypatch.setattr(search.objective, "train", instant_train)
     config = config_for(tmp_path, trials=2)
     study = create_or_resume(config)
     study.add_trial(optuna.create_trial(value=1.0))
@@ -153,7 +154,7 @@ def _racing_worker(config: SearchConfig, worker: int, report: Path) -> None:
         return finished
 
     search.study.search_data = no_data
-    search.study.train = instant_train
+    search.objective.train = instant_train
     search.study.finished_count = slow_count
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_worker(config, worker)

@@ -266,7 +266,9 @@ def in_process_config(folder: Path, trials: int) -> SearchConfig:
 
 def reference_net(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every sampled trial trains ref7676 (under the budget), so each one really trains."""
-    monkeypatch.setattr(search.objective, "sample_architecture", lambda trial, budget: ZOO["ref7676"])
+    monkeypatch.setattr(
+        search.objective, "sample_architecture", lambda trial, budget: ZOO["ref7676"]
+    )
 
 
 @needs_data

@@ -66,6 +66,12 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def default_sigint() -> None:
+    # A search started from a background job inherits an *ignored* SIGINT, and Python then
+    # never raises KeyboardInterrupt; a person at a terminal has the default, so restore it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         budgetnas() + args,
@@ -74,12 +80,13 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
 
 
 def finish(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        budgetnas() + args, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=180
+        budgetnas() + args, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done

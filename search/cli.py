@@ -19,6 +19,8 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 
+from search.bench import add_arguments as bench_arguments
+from search.bench import run as run_bench
 from search.confirm import confirm_study, selected
 from search.dashboard import serve
 from search.data import DataError, confirm_data
@@ -199,6 +201,12 @@ def build_parser() -> Parser:
     train.add_argument("--force", action="store_true", help="overwrite an existing --save target")
     train.set_defaults(run=cmd_train)
 
+    bench = commands.add_parser(
+        "bench", help="training speed: the engine against a DataLoader pipeline"
+    )
+    bench_arguments(bench)
+    bench.set_defaults(run=run_bench)
+
     return parser
 
 
@@ -212,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"budgetnas {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        command = shlex.join(["budgetnas", *argv])
-        print(
-            f"\ninterrupted: the running trial is marked failed and queued to run first on resume; the study is intact. Resume with:\n  {command}",
-            file=sys.stderr,
-        )
+        if args.command in ("search", "worker"):
+            command = shlex.join(["budgetnas", *argv])
+            print(
+                "\ninterrupted: the running trial is marked failed and queued to run first on "
+                f"resume; the study is intact. Resume with:\n  {command}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"\ninterrupted: 'budgetnas {args.command}' stopped", file=sys.stderr)
         return INTERRUPTED
 
 

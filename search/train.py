@@ -180,10 +180,12 @@ def train(
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
     """Percent of `split` that `model` classifies correctly (run on the model's device)."""
     device = next(model.parameters()).device
+    # channels_last where training left the weights so, but always float32: the recorded
+    # accuracy must be what the exported model gives in a user's plain float32 code.
     cuda = device.type == "cuda"
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+    with torch.inference_mode():
         correct = torch.zeros((), dtype=torch.int64, device=device)
         for i in range(0, len(split), batch_size):
             x = _floats(split.images[i : i + batch_size].to(device, non_blocking=True))

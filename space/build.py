@@ -47,6 +47,7 @@ class SpecNet(nn.Module):
                 if block["dropout"] > 0:
                     self.add_module(f"drop{i}", nn.Dropout(block["dropout"]))
         head = self.spec["head"]
+        self.gap = nn.AdaptiveAvgPool2d(1)  # global average pooling, a module as users expect
         if head["dropout"] > 0:
             self.head_drop = nn.Dropout(head["dropout"])
         if head["type"] == "gap_linear":
@@ -73,9 +74,9 @@ class SpecNet(nn.Module):
                     x = self[f"drop{i}"](x)
         head = self.spec["head"]
         if head["type"] == "conv_gap":
-            x = F.adaptive_avg_pool2d(self._head(x), 1)
+            x = self.gap(self._head(x))
         else:
-            x = self._head(F.adaptive_avg_pool2d(x, 1))
+            x = self._head(self.gap(x))
         return x.flatten(1)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ def _init_lines(spec: Spec) -> list[str]:
             if block["dropout"] > 0:
                 lines.append(f"self.drop{i} = nn.Dropout({block['dropout']})")
     head = spec["head"]
+    lines.append("self.gap = nn.AdaptiveAvgPool2d(1)")
     if head["dropout"] > 0:
         lines.append(f"self.head_drop = nn.Dropout({head['dropout']})")
     if head["type"] == "gap_linear":
@@ -73,12 +74,12 @@ def _forward_lines(spec: Spec) -> list[str]:
     head = spec["head"]
     drop = "self.head_drop(x)" if head["dropout"] > 0 else "x"
     if head["type"] == "conv_gap":
-        lines.append(f"x = F.adaptive_avg_pool2d(self.head({drop}), 1)  # -> 10x1x1")
+        lines.append(f"x = self.gap(self.head({drop}))  # -> 10x1x1")
     elif head["type"] == "gap_conv":
-        lines.append("x = F.adaptive_avg_pool2d(x, 1)")
+        lines.append("x = self.gap(x)")
         lines.append(f"x = self.head({drop})  # -> 10x1x1")
     else:
-        lines.append("x = F.adaptive_avg_pool2d(x, 1).flatten(1)")
+        lines.append("x = self.gap(x).flatten(1)")
         lines.append(f"x = self.head({drop})  # -> 10")
     lines.append("return x.flatten(1)")
     return lines

@@ -1,0 +1,67 @@
+"""Every shipped module in models/ stands alone, fits its budget, passes the checks that
+hand-made MNIST projects run in their CI, and its weights score what it says they score."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from search.data import confirm_data
+from search.train import evaluate
+
+MODELS = sorted(p for p in (Path(__file__).parents[1] / "models").glob("*.py") if p.stem != "__init__")
+DATA = os.environ.get("BUDGETNAS_DATA")
+needs_data = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
+)
+
+
+def load_module(path: Path):
+    sys.path.insert(0, str(path.parent))
+    try:
+        return __import__(path.stem)
+    finally:
+        sys.path.remove(str(path.parent))
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_imports_standalone_within_its_budget(path):
+    script = (
+        "import sys; sys.modules['space'] = None; sys.modules['search'] = None; "
+        f"sys.path.insert(0, {str(path.parent)!r}); m = __import__({path.stem!r}); "
+        "net = m.load(); print(sum(p.numel() for p in net.parameters() if p.requires_grad), "
+        "m.PARAMS, m.METRICS['budget'])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    counted, declared, budget = map(int, result.stdout.split())
+    assert counted == declared <= budget
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_passes_the_hand_made_projects_checks(path):
+    module = load_module(path)
+    net = module.load()
+    layers = list(net.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in layers)
+    uses_dropout = any(b.get("dropout", 0) > 0 for b in [*module.SPEC["blocks"], module.SPEC["head"]])
+    assert any(isinstance(m, nn.Dropout) for m in layers) == uses_dropout
+    assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in layers)
+    assert net(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    metrics = module.METRICS
+    assert metrics["test_accuracy_mean"] == pytest.approx(
+        sum(metrics["test_accuracy"]) / len(metrics["test_accuracy"]), abs=1e-3
+    )
+    assert metrics["weights_test_accuracy"] in metrics["test_accuracy"]
+
+
+@needs_data
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_weights_reproduce_the_recorded_test_accuracy(path):
+    module = load_module(path)
+    _, test = confirm_data(DATA, "cpu")
+    assert abs(evaluate(module.load(), test) - module.METRICS["weights_test_accuracy"]) <= 0.01

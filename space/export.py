@@ -212,6 +212,10 @@ def export_module(
 
 def _stage(final: Path, write) -> str:
     fd, temp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    # mkstemp makes the file private (0600); an export is an ordinary file for its users.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -13,7 +13,9 @@ from torch import nn
 from search.data import confirm_data
 from search.train import evaluate
 
-MODELS = sorted(p for p in (Path(__file__).parents[1] / "models").glob("*.py") if p.stem != "__init__")
+MODELS = sorted(
+    p for p in (Path(__file__).parents[1] / "models").glob("*.py") if p.stem != "__init__"
+)
 DATA = os.environ.get("BUDGETNAS_DATA")
 needs_data = pytest.mark.skipif(
     not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
@@ -48,7 +50,9 @@ def test_passes_the_hand_made_projects_checks(path):
     net = module.load()
     layers = list(net.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in layers)
-    uses_dropout = any(b.get("dropout", 0) > 0 for b in [*module.SPEC["blocks"], module.SPEC["head"]])
+    uses_dropout = any(
+        b.get("dropout", 0) > 0 for b in [*module.SPEC["blocks"], module.SPEC["head"]]
+    )
     assert any(isinstance(m, nn.Dropout) for m in layers) == uses_dropout
     assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in layers)
     assert net(torch.rand(1, 1, 28, 28)).shape == (1, 10)

@@ -25,7 +25,7 @@ from search.confirm import confirm_study, selected
 from search.dashboard import serve
 from search.data import DataError, confirm_data
 from search.report import write_report
-from search.results import export_trial, studies_table, trials_table
+from search.results import export_trial, studies_table, trials_table, write_export
 from search.storage import (
     DEFAULT_ARTIFACTS,
     DEFAULT_STORAGE,
@@ -36,7 +36,7 @@ from search.storage import (
 )
 from search.study import SearchConfig, check_device, run_search, run_worker
 from search.train import Recipe, train
-from space import ZOO, SpecError, analyse, build, export_module, from_json
+from space import ZOO, SpecError, analyse, build, from_json
 
 INTERRUPTED = 130
 
@@ -563,23 +563,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         origin = (
             f"Trained by 'budgetnas train {args.target}' with the default recipe, seed {args.seed}."
         )
-        try:
-            path = export_module(
-                spec,
-                args.save,
-                state_dict=result.state_dict,
-                metrics=metrics,
-                origin=origin,
-                force=args.force,
-            )
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        except OSError as error:
-            if error.errno is None:  # export_module's own refusal of an existing target
-                raise UsageError(str(error)) from None
-            raise UsageError(
-                f"cannot write {args.save}: {error.strerror or error}; pass another --save"
-            ) from None
+        path = write_export(
+            spec,
+            args.save,
+            "--save",
+            state_dict=result.state_dict,
+            metrics=metrics,
+            origin=origin,
+            force=args.force,
+        )
         print(f"wrote {path} and {path.with_suffix('.pt')}")
     return 0
 

@@ -143,21 +143,28 @@ def export_trial(
                 f"weights of trial {trial.number} are missing from the artifact store ({error}); pass --artifacts"
             ) from None
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return write_export(
+        trial.user_attrs["spec"],
+        out,
+        "--out",
+        state_dict=state_dict,
+        metrics=metrics,
+        origin=origin,
+        force=force,
+    )
+
+
+def write_export(spec: dict, out: str | Path, option: str, **export_args) -> Path:
+    """``space.export_module`` with its failures as one-line UsageErrors naming ``option``
+    (the CLI flag that chose ``out``), for every command that writes an export."""
     try:
-        return export_module(
-            trial.user_attrs["spec"],
-            out,
-            state_dict=state_dict,
-            metrics=metrics,
-            origin=origin,
-            force=force,
-        )
+        return export_module(spec, out, **export_args)
     except ValueError as error:
-        raise UsageError(f"{error}; pass --out PATH.py with an importable module name") from None
+        raise UsageError(f"{error}; pass {option} PATH.py with an importable module name") from None
     except OSError as error:
         if error.errno is None:  # export_module's own refusal of an existing target
             raise UsageError(str(error)) from None
-        # Includes an OS-level FileExistsError, e.g. a file where a folder of --out should be.
+        # Includes an OS-level FileExistsError, e.g. a file where a folder of the path should be.
         raise UsageError(
-            f"cannot write {out}: {error.strerror or error}; pass another --out"
+            f"cannot write {out}: {error.strerror or error}; pass another {option}"
         ) from None

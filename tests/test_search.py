@@ -68,6 +68,12 @@ def test_over_budget_candidates_are_pruned_before_training(tmp_path, monkeypatch
         assert trial.constraints == {"params_over_budget": trial.user_attrs["params"] - 300}
 
 
+def stored_study(folder: Path) -> optuna.Study:
+    """The e2e search's study, read back from its SQLite file."""
+    storage = open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None)
+    return optuna.load_study(study_name="mnist-8000p-1e", storage=storage)
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     """One real search: warm-started ref7676 plus sampled trials, 1 epoch on a subset."""
@@ -88,10 +94,7 @@ def searched(tmp_path_factory):
 @needs_data
 def test_search_records_trials_confirms_and_selects(searched):
     folder, _ = searched
-    study = optuna.load_study(
-        study_name="mnist-8000p-1e",
-        storage=open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None),
-    )
+    study = stored_study(folder)
     trials = study.get_trials()
     assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
     first = trials[0]
@@ -133,10 +136,7 @@ def test_show_lists_the_top_trials(searched, capsys):
 @needs_data
 def test_export_writes_a_standalone_module_whose_weights_reproduce_its_figures(searched):
     folder, _ = searched
-    study = optuna.load_study(
-        study_name="mnist-8000p-1e",
-        storage=open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None),
-    )
+    study = stored_study(folder)
     [confirmation] = confirmations(study).values()
     out = folder / "exported" / "winner.py"
     code = main(["export", "mnist-8000p-1e", "--trial", str(confirmation.trial), "--out", str(out)])
@@ -176,10 +176,7 @@ def test_export_writes_a_standalone_module_whose_weights_reproduce_its_figures(s
 @needs_data
 def test_export_of_a_built_net_matches_the_search_weights(searched):
     folder, _ = searched
-    study = optuna.load_study(
-        study_name="mnist-8000p-1e",
-        storage=open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None),
-    )
+    study = stored_study(folder)
     trial = study.trials[0]
     out = folder / "exported" / "first.py"
     assert main(["export", "mnist-8000p-1e", "--trial", "0", "--out", str(out)]) == 0

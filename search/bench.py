@@ -449,7 +449,7 @@ def _header(info: dict[str, Any], device: torch.device, steps: int, warmup: int)
     gpu = f" ({info['gpu']})" if info["gpu"] else ""
     cuda = ", bf16 + channels_last" if device.type == "cuda" else ""
     return [
-        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']},"
+        f"machine: {info['cpu']} ({info['cpu_capability']}), {info['cores']} cores, torch {info['torch']},"
         f" device {device}{gpu}, load average {info['load_average']:.2f}",
         f"method: {steps} timed steps of {BATCH} images after {warmup} warm-up steps;"
         f" per-epoch ({EPOCH_IMAGES:,} images) and {EPOCHS}-epoch times are extrapolated"
@@ -470,6 +470,9 @@ def machine(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on, for the header and the JSON."""
     return {
         "cpu": _cpu_model(),
+        # Two machines sold under one model name can differ in vector units (AVX2 vs
+        # AVX-512), and these small convolutions run ~2x apart on them.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": threads_per_worker(1),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

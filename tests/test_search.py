@@ -1,5 +1,6 @@
 """The search on real MNIST, end to end through the CLI: search, resume, show, export, report."""
 
+import io
 import os
 import statistics
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 
 from search.cli import main
 from search.confirm import confirmations, selected
@@ -17,7 +18,7 @@ from search.data import confirm_data, resolve_data_dir
 from search.objective import Objective
 from search.sampler import sample_architecture
 from search.storage import open_storage
-from search.study import SearchConfig, create_or_resume
+from search.study import Progress, SearchConfig, create_or_resume
 from search.train import evaluate
 from space import analyse, build, normalise
 
@@ -25,6 +26,25 @@ DATA = os.environ.get("BUDGETNAS_DATA")
 needs_data = pytest.mark.skipif(
     not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
 )
+
+
+def test_eta_waits_for_a_trained_trial_and_respects_the_timeout():
+    study = optuna.create_study(direction="maximize")
+    out = io.StringIO()
+    progress = Progress(study, total=50, workers=1, out=out, timeout=3600)
+
+    def finish(trial):
+        study.add_trial(trial)
+        progress(study, study.trials[-1])
+        return out.getvalue().splitlines()[-1]
+
+    over_budget = create_trial(state=TrialState.PRUNED, user_attrs={"prune_reason": "over"})
+    assert finish(over_budget).endswith("1/50 trials  ETA unknown")
+    trained = create_trial(value=98.0, intermediate_values={0: 97.0, 1: 98.0})
+    line = finish(trained)
+    assert "2/50 trials  ETA 0:" in line  # 48 more trials at this pace end well within the hour
+    progress.timeout = 0.0
+    assert finish(create_trial(value=98.5, intermediate_values={0: 98.5})).endswith("ETA 0:00:00")
 
 
 @pytest.mark.parametrize("budget", [4_000, 8_000, 20_000])

@@ -6,22 +6,18 @@ when a neighbour is busy tests nothing.
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from real_mnist import DATA, needs_data
 
 from search.bench import AffineMNIST, add_arguments, benchmark, pil_affine, run
 from search.storage import UsageError
 from search.train import Recipe
 
-DATA = os.environ.get("BUDGETNAS_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
-)
 SPEEDUP = re.compile(r"speedup: (\d+(?:\.\d+)?)x")
 
 

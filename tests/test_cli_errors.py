@@ -27,15 +27,12 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState, create_trial
+from real_mnist import DATA, needs_data
 
 from search.cli import main
 from search.train import Recipe
 from space import ZOO, analyse, build, normalise
 
-DATA = os.environ.get("BUDGETNAS_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
-)
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"  # nothing listens on port 1
 HAS_POSTGRES_DRIVER = any(importlib.util.find_spec(name) for name in ("psycopg", "psycopg2"))
 SETTINGS = {

@@ -25,17 +25,13 @@ import pytest
 import torch
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+from real_mnist import DATA, needs_data
 
 import search.objective
 from search.study import FINISHED, SearchConfig, run_search
 from search.train import Recipe
 from space import ZOO
 
-DATA = os.environ.get("BUDGETNAS_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
-    reason="real MNIST not found: set BUDGETNAS_DATA to a folder holding MNIST/raw/",
-)
 STUDY = "faults"
 
 

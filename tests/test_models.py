@@ -1,13 +1,13 @@
 """Every shipped module in models/ stands alone, fits its budget, passes the checks that
 hand-made MNIST projects run in their CI, and its weights score what it says they score."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from real_mnist import DATA, needs_data
 from torch import nn
 
 from search.data import confirm_data
@@ -15,10 +15,6 @@ from search.train import evaluate
 
 MODELS = sorted(
     p for p in (Path(__file__).parents[1] / "models").glob("*.py") if p.stem != "__init__"
-)
-DATA = os.environ.get("BUDGETNAS_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
 )
 
 

@@ -1,7 +1,6 @@
 """The search on real MNIST, end to end through the CLI: search, resume, show, export, report."""
 
 import io
-import os
 import statistics
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState, create_trial
+from real_mnist import DATA, needs_data
 
 from search.cli import main
 from search.confirm import confirmations, selected
@@ -21,11 +21,6 @@ from search.storage import open_storage
 from search.study import Progress, SearchConfig, create_or_resume
 from search.train import evaluate
 from space import analyse, build, normalise
-
-DATA = os.environ.get("BUDGETNAS_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(), reason="real MNIST not available"
-)
 
 
 def test_eta_waits_for_a_trained_trial_and_respects_the_timeout():

@@ -27,6 +27,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from real_mnist import needs_data
 
 import search.objective
 import search.study
@@ -42,12 +43,6 @@ from search.study import (
 )
 from search.train import TrainResult
 from space import build
-
-DATA = os.environ.get("BUDGETNAS_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA or not (Path(DATA) / "MNIST" / "raw").is_dir(),
-    reason="real MNIST not found: set BUDGETNAS_DATA to a folder holding MNIST/raw/",
-)
 
 
 def config_for(folder: Path, trials: int, storage: str | None = None, **kwargs) -> SearchConfig:

@@ -33,7 +33,7 @@ def test_eta_waits_for_a_trained_trial_and_respects_the_timeout():
         progress(study, study.trials[-1])
         return out.getvalue().splitlines()[-1]
 
-    over_budget = create_trial(state=TrialState.PRUNED, user_attrs={"prune_reason": "over"})
+    over_budget = create_trial(state=TrialState.PRUNED, user_attrs={"pruned_reason": "over"})
     assert finish(over_budget).endswith("1/50 trials  ETA unknown")
     trained = create_trial(value=98.0, intermediate_values={0: 97.0, 1: 98.0})
     line = finish(trained)

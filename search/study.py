@@ -253,11 +253,10 @@ class Progress:
         self,
         study: optuna.Study,
         total: int,
-        workers: int,
         out: TextIO | None = None,
         timeout: float | None = None,
     ):
-        self.total, self.workers, self.out = total, workers, out
+        self.total, self.out = total, out
         self.done_at_start = finished_count(study)
         self.started = time.perf_counter()
         self.timeout = math.inf if timeout is None else timeout
@@ -317,7 +316,7 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
     ran = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL, TrialState.RUNNING))
     study.sampler = _sampler(config, worker, history=len(ran))
     objective = Objective(config, fit, validation, device)
-    progress = Progress(study, config.trials, config.workers, timeout=config.timeout)
+    progress = Progress(study, config.trials, timeout=config.timeout)
     optuna.logging.get_logger("optuna.study._optimize").addFilter(_QUIET_FAILURES)
     deadline = math.inf if config.timeout is None else time.monotonic() + config.timeout
     waiting_since: float | None = None  # when the remaining slots were all taken

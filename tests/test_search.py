@@ -26,7 +26,7 @@ from space import analyse, build, normalise
 def test_eta_waits_for_a_trained_trial_and_respects_the_timeout():
     study = optuna.create_study(direction="maximize")
     out = io.StringIO()
-    progress = Progress(study, total=50, workers=1, out=out, timeout=3600)
+    progress = Progress(study, total=50, out=out, timeout=3600)
 
     def finish(trial):
         study.add_trial(trial)

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from search.data import DataError, Split, confirm_data, resolve_data_dir
 from search.storage import UsageError
 from search.study import threads_per_worker
-from search.train import Recipe, _optimizer, _scheduler, resolve_device, train
+from search.train import Recipe, _optimizer, _scheduler, autocast_dtype, resolve_device, train
 from space import ZOO, build, param_count
 
 RECIPE = Recipe(epochs=1)  # the default recipe; one "epoch" spans the timed steps
@@ -205,16 +205,20 @@ def conventional_rate(
         persistent_workers=num_workers > 0,
     )
     batches = _endless(loader)
+    # The engine's precision on this device (bf16, or fp16 with loss scaling on older cards).
+    dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
 
     model.train()
@@ -575,7 +579,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, help="parallel trial processes (default: the number of cores)"
     )
-    parser.add_argument("--out", help="also write the numbers to this JSON file")
+    parser.add_argument(
+        "--out", help="also write the numbers to this JSON file (default: print only)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,31 +1,50 @@
 """One trial: a candidate sampled, checked against the budget, trained and stored.
 
-Its exact parameter count is known before any training (``space.analyse``), so a
-candidate over the budget costs nothing: it is pruned with the reason recorded and the
-violation handed to TPE through ``trial.set_constraint``. The rest train on the fit
-split, report validation accuracy each epoch so the pruner can stop losers, and leave
-their weights in Optuna's artifact store.
+Its exact parameter count and MACs are known before any training (``space.analyse``),
+so a candidate over the budget or the compute cap costs nothing: it is pruned with the
+reason recorded and the violation handed to TPE through ``trial.set_constraint``.
+
+The rest climb the rungs of the search plan (``search.plan``): a short training with
+its own complete schedule, then a longer one, then the full epoch cap, each trained
+afresh and reported as one step of the trial, so that Optuna's successive-halving
+pruner promotes only the best of each rung. With another pruner the trial is one
+full-length training that reports every epoch, as in Optuna's PyTorch example. A
+finished trial leaves its weights in Optuna's artifact store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import signal
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import optuna
+import optuna_dashboard
 import torch
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
 from search.data import Split
-from search.sampler import sample_architecture, sample_recipe
+from search.memory import is_cpu_out_of_memory, out_of_memory_reason
+from search.plan import Rung, rungs_for
+from search.sampler import sample_architecture, search_recipe
 from search.storage import artifact_store
-from search.train import EpochStats, NonFiniteLoss, Recipe, train
+from search.train import (
+    EpochStats,
+    NonFiniteLoss,
+    Recipe,
+    TrainResult,
+    autocast_dtype,
+    precision_name,
+    train,
+)
 from space import ZOO, SpecError, analyse, build, normalise
 
 if TYPE_CHECKING:
@@ -34,8 +53,31 @@ if TYPE_CHECKING:
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, systemd, Docker, SLURM pre-emption), handled like Ctrl-C."""
+
+
+def stop_reason(error: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
+
+
+def raise_terminated(signum: int, frame: object) -> NoReturn:
+    """SIGTERM handler: once, so that a second signal cannot interrupt the cleanup."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+class OutOfTime(Exception):
+    """--timeout would pass during the trial's next rung: it stops, failed, and is queued
+    to run first when the search is resumed."""
+
+
 class SurplusTrial(Exception):
     """Another worker already started the trial that completes --trials; this one yields."""
+
+
+class CPUOutOfMemory(MemoryError):
+    """A trial's training ran out of CPU memory: that trial fails, the study goes on."""
 
 
 class Objective:
@@ -49,6 +91,7 @@ class Objective:
         self.store = artifact_store(config.artifacts)
         # The trial this process runs now, so that Ctrl-C outside training can still fail it.
         self.trial_number: int | None = None
+        self.deadline = math.inf  # time.monotonic() after which no rung may start
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.config
@@ -56,29 +99,118 @@ class Objective:
         if not _claim_slot(trial, config.trials):
             raise SurplusTrial(f"trial {trial.number}: --trials {config.trials} already reached")
         zoo_name = trial.user_attrs.get("zoo")
-        if zoo_name:  # enqueued by --warm-start: a reference net with the default recipe
-            spec, recipe = ZOO[zoo_name], Recipe(epochs=config.epochs)
+        if zoo_name:  # enqueued by --warm-start: a reference net
+            spec = ZOO[zoo_name]
         else:
-            spec, recipe = (
-                sample_architecture(trial, config.budget),
-                sample_recipe(trial, config.epochs),
-            )
+            spec = sample_architecture(trial, config.budget, config.mac_cap)
+        recipe = search_recipe(config.epochs)
         try:
             spec = normalise(spec)
             analysis = analyse(spec)
         except SpecError as error:
-            _prune_untrained(trial, f"invalid spec: {error}", over_budget=1.0)
+            _prune_untrained(trial, f"invalid spec: {error}", over_budget=1.0, over_cap=1.0)
         trial.set_user_attr("spec", spec)
         trial.set_user_attr("params", analysis.params)
+        trial.set_user_attr("macs", analysis.macs)
         trial.set_user_attr("receptive_field", analysis.receptive_field)
         trial.set_user_attr("recipe", dataclasses.asdict(recipe))
-        over = analysis.params - config.budget
-        if over > 0:
-            reason = f"{analysis.params:,} parameters > budget {config.budget:,}"
-            _prune_untrained(trial, reason, over_budget=float(over))
-        _set_constraint(trial, float(over))
+        over_budget = float(analysis.params - config.budget)
+        over_cap = float(analysis.macs - config.mac_cap)
+        if over_budget > 0 or over_cap > 0:
+            reasons = []
+            if over_budget > 0:
+                reasons.append(f"{analysis.params:,} parameters > budget {config.budget:,}")
+            if over_cap > 0:
+                reasons.append(f"{analysis.macs:,} MACs > cap {config.mac_cap:,}")
+            _prune_untrained(trial, "; ".join(reasons), over_budget, over_cap)
+        _set_constraints(trial, over_budget, over_cap)
+        what = f"Reference net **{zoo_name}** (warm start)" if zoo_name else "Sampled candidate"
+        # The dashboard's trial page shows this note; a warm-started trial has no Params.
+        optuna_dashboard.save_note(
+            trial,
+            f"{what}: {analysis.params:,} parameters, {analysis.macs:,} MACs per image, "
+            f"receptive field {analysis.receptive_field}.",
+        )
+        trial.set_user_attr("device", str(self.device))
+        trial.set_user_attr(
+            "precision", precision_name(autocast_dtype(self.device, config.precision))
+        )
+        trial.set_user_attr("fit_images", len(self.fit))
+        # Which process ran it: with workers on several machines, where to look for its log.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        started = time.perf_counter()
+        try:
+            if config.pruner == "rungs":
+                result = self._climb(trial, spec, rungs_for(config.epochs, len(self.fit)))
+            else:
+                result = self._train(trial, spec, recipe, self.fit, report=True)
+        except NonFiniteLoss as error:
+            trial.set_user_attr("pruned_reason", f"non-finite loss: {error}")
+            raise optuna.TrialPruned() from None
+        except torch.cuda.OutOfMemoryError:
+            trial.set_user_attr("fail_reason", "CUDA out of memory (batch or widths too large)")
+            raise
+        except (MemoryError, RuntimeError) as error:
+            if not is_cpu_out_of_memory(error):
+                raise
+            reason = out_of_memory_reason(error)
+            trial.set_user_attr("fail_reason", reason)
+            raise CPUOutOfMemory(reason) from error
+        except KeyboardInterrupt as error:
+            trial.set_user_attr("fail_reason", stop_reason(error))
+            raise
+        finally:
+            trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 2))
+        self._save_weights(trial, result.state_dict)
+        return result.accuracy
 
+    def _climb(self, trial: optuna.Trial, spec: dict, rungs: list[Rung]) -> TrainResult:
+        """Train on each rung afresh; report each rung's accuracy as step ``rung.step`` and
+        stop where the pruner says. Only the last rung (the full cap) is the result.
+
+        A rung that would run past the deadline (its time scaled from the rung before)
+        is not started: the trial fails with OutOfTime and is queued for the resume.
+        """
+        previous: tuple[float, float] | None = None  # (seconds, cost) of the last rung
+        for rung in rungs:
+            images = rung.images or len(self.fit)
+            cost = rung.epochs * images
+            if previous is not None:
+                needed = previous[0] * cost / previous[1]
+                if time.monotonic() + needed > self.deadline:
+                    reason = f"--timeout: no time left for the {rung.name} (about {needed:.0f} s)"
+                    trial.set_user_attr("fail_reason", reason)
+                    raise OutOfTime(reason)
+            fit = Split(self.fit.images[:images], self.fit.labels[:images])
+            final = rung is rungs[-1]
+            label = "full" if final else rung.name
+            result = self._train(trial, spec, search_recipe(rung.epochs), fit, label=label)
+            if final:
+                return result
+            previous = (result.seconds, cost)
+            _report(
+                trial,
+                result.accuracy,
+                rung.step,
+                f"not promoted past {rung.name} at {result.accuracy:.2f}%",
+            )
+        raise AssertionError("the plan ends with the full rung")
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        spec: dict,
+        recipe: Recipe,
+        fit: Split,
+        *,
+        report: bool = False,
+        label: str = "full",
+    ) -> TrainResult:
+        """One training from a fresh init. With ``report``, each epoch's accuracy is an
+        intermediate value the pruner may stop it on (one-training-per-trial pruners)."""
+        config = self.config
         curve: list[dict] = []
+        curves = trial.user_attrs.get("curves", {})
 
         def on_epoch(stats: EpochStats) -> None:
             curve.append(
@@ -89,51 +221,38 @@ class Objective:
                     "seconds": stats.seconds,
                 }
             )
-            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("curves", {**curves, label: curve})
+            if label == "full":
+                trial.set_user_attr("curve", curve)
+                trial.set_user_attr(
+                    "epoch_seconds", round(statistics.fmean(e["seconds"] for e in curve), 2)
+                )
             if config.epoch_lines:
                 print(
-                    f"  trial {trial.number} epoch {stats.epoch}/{recipe.epochs}: "
+                    f"  trial {trial.number} {label} epoch {stats.epoch}/{recipe.epochs}: "
                     f"val {stats.accuracy:.2f}% ({stats.seconds:.0f} s)",
                     flush=True,
                 )
-            trial.report(stats.accuracy, stats.epoch)
-            if trial.should_prune():
-                trial.set_user_attr(
-                    "pruned_reason",
+            if report:
+                _report(
+                    trial,
+                    stats.accuracy,
+                    stats.epoch,
                     f"pruner stopped it after epoch {stats.epoch} at {stats.accuracy:.2f}%",
                 )
-                raise optuna.TrialPruned()
 
         torch.manual_seed(config.seed + trial.number)
-        model = build(spec)
-        trial.set_user_attr("device", str(self.device))
-        # Which process ran it: with workers on several machines, where to look for its log.
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        started = time.perf_counter()
-        try:
-            result = train(
-                model,
-                self.fit,
-                self.validation,
-                recipe,
-                seed=config.seed + trial.number,
-                device=self.device,
-                on_epoch=on_epoch,
-                progress=config.progress_bars and config.workers == 1,
-            )
-        except NonFiniteLoss as error:
-            trial.set_user_attr("pruned_reason", f"non-finite loss: {error}")
-            raise optuna.TrialPruned() from None
-        except torch.cuda.OutOfMemoryError:
-            trial.set_user_attr("fail_reason", "CUDA out of memory (batch or widths too large)")
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-            raise
-        finally:
-            trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 2))
-        self._save_weights(trial, result.state_dict)
-        return result.accuracy
+        return train(
+            build(spec),
+            fit,
+            self.validation,
+            recipe,
+            seed=config.seed + trial.number,
+            device=self.device,
+            on_epoch=on_epoch,
+            progress=config.progress_bars and config.workers == 1,
+            precision=config.precision,
+        )
 
     def _save_weights(self, trial: optuna.Trial, state_dict: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -145,21 +264,33 @@ class Objective:
         trial.set_user_attr("weights", artifact_id)
 
 
-def _prune_untrained(trial: optuna.Trial, reason: str, over_budget: float) -> NoReturn:
-    _set_constraint(trial, over_budget)
+def _report(trial: optuna.Trial, accuracy: float, step: int, reason: str) -> None:
+    """Report ``accuracy`` as ``step`` and stop the trial, with ``reason``, if the pruner
+    says so."""
+    trial.report(accuracy, step)
+    if trial.should_prune():
+        trial.set_user_attr("pruned_reason", reason)
+        raise optuna.TrialPruned()
+
+
+def _prune_untrained(
+    trial: optuna.Trial, reason: str, over_budget: float, over_cap: float
+) -> NoReturn:
+    _set_constraints(trial, over_budget, over_cap)
     trial.set_user_attr("pruned_reason", reason)
     raise optuna.TrialPruned(reason)
 
 
-def _set_constraint(trial: optuna.Trial, over_budget: float) -> None:
-    """Hand TPE the budget violation, once.
+def _set_constraints(trial: optuna.Trial, over_budget: float, over_cap: float) -> None:
+    """Hand TPE the budget and compute-cap violations (> 0 violates), once each.
 
     A trial retried after its worker died (RetryHeartbeatStaleTrialCallback) inherits the
-    failed trial's system attributes, constraint included; setting it again would only
-    make Optuna warn, and the value is the same since the architecture is.
+    failed trial's system attributes, constraints included; setting them again would only
+    make Optuna warn, and the values are the same since the architecture is.
     """
-    if "params_over_budget" not in trial.constraints:
-        trial.set_constraint("params_over_budget", over_budget)
+    for key, value in (("params_over_budget", over_budget), ("macs_over_cap", over_cap)):
+        if key not in trial.constraints:
+            trial.set_constraint(key, value)
 
 
 def _claim_slot(trial: optuna.Trial, trials: int) -> bool:

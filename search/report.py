@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import os
 import secrets
 import warnings
@@ -20,9 +21,11 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 from search.confirm import confirmations, selected, top_trials
+from search.results import trial_counts
 from search.storage import UsageError
 
 ACCURACY_AXIS = "validation accuracy (%)"
+BOTH_AXIS = "accuracy (%): validation for trials, test for confirmations"
 TOP_CURVES = 10
 FIGURE_HEIGHT = 500  # pixels; plotly's default of "100%" depends on the container
 STATE_COLOURS = {
@@ -65,41 +68,56 @@ def pareto_front(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def accuracy_figure(study: optuna.Study) -> go.Figure:
-    """Validation accuracy against parameter count for every trial that got that far,
-    with the Pareto front, the budget and target lines and the confirmed test means."""
+    """Validation accuracy against parameter count, coloured by MACs per image, for every
+    completed trial; pruned trials in grey at the last accuracy they reached; the Pareto
+    front, the budget and target lines, and the confirmed test means as their own marks."""
     settings = study.user_attrs.get("settings", {})
     trials = study.get_trials(deepcopy=False)
     figure = go.Figure()
-    by_state: dict[str, list[FrozenTrial]] = {}
-    for trial in trials:
-        if "params" in trial.user_attrs and accuracy(trial) is not None:
-            by_state.setdefault(trial.state.name, []).append(trial)
-    for state, members in by_state.items():
+    shown = [t for t in trials if "params" in t.user_attrs and accuracy(t) is not None]
+    complete = [t for t in shown if t.state == TrialState.COMPLETE]
+    figure.add_scatter(
+        name="trial: validation accuracy",
+        mode="markers",
+        x=[t.user_attrs["params"] for t in complete],
+        y=[t.value for t in complete],
+        customdata=[[t.number, t.user_attrs.get("macs") or 0] for t in complete],
+        hovertemplate="trial %{customdata[0]}: %{x:,} params, %{customdata[1]:,} MACs, "
+        "val %{y:.2f}%<extra></extra>",
+        marker={
+            "size": 9,
+            "color": [(t.user_attrs.get("macs") or 0) / 1e6 for t in complete],
+            "colorscale": "Viridis",
+            "colorbar": {"title": "M MACs / image"},
+            "showscale": bool(complete),
+        },
+    )
+    stopped = [t for t in shown if t.state != TrialState.COMPLETE]
+    if stopped:
         figure.add_scatter(
-            name=state.lower(),
+            name="trial stopped early: last validation accuracy",
             mode="markers",
-            x=[t.user_attrs["params"] for t in members],
-            y=[accuracy(t) for t in members],
-            customdata=[[t.number, len(t.intermediate_values)] for t in members],
-            hovertemplate="trial %{customdata[0]}: %{x:,} params, %{y:.2f}% "
-            "after %{customdata[1]} epochs<extra></extra>",
-            marker={"color": STATE_COLOURS.get(state), "size": 8, "opacity": 0.8},
+            x=[t.user_attrs["params"] for t in stopped],
+            y=[accuracy(t) for t in stopped],
+            customdata=[[t.number, t.state.name.lower()] for t in stopped],
+            hovertemplate="trial %{customdata[0]} (%{customdata[1]}): %{x:,} params, "
+            "%{y:.2f}% when stopped<extra></extra>",
+            marker={"color": STATE_COLOURS["PRUNED"], "size": 6, "opacity": 0.6},
         )
     front = pareto_front(trials)
     figure.add_scatter(
-        name="Pareto front",
-        mode="lines+markers",
+        name="Pareto front (validation)",
+        mode="lines",
         # A step line: between two front points only the cheaper one's accuracy is attained.
         line={"shape": "hv", "color": "#ff7f0e"},
         x=[t.user_attrs["params"] for t in front],
         y=[t.value for t in front],
-        customdata=[t.number for t in front],
-        hovertemplate="trial %{customdata}: %{x:,} params, %{y:.2f}%<extra>Pareto front</extra>",
+        hoverinfo="skip",
     )
     confirmed = list(confirmations(study).values())
     if confirmed:
         figure.add_scatter(
-            name="confirmed test mean",
+            name="confirmed: test mean over seeds (bar: min to max)",
             mode="markers",
             x=[c.params for c in confirmed],
             y=[c.mean for c in confirmed],
@@ -111,24 +129,29 @@ def accuracy_figure(study: optuna.Study) -> go.Figure:
                 "arrayminus": [c.mean - c.min for c in confirmed],
             },
             customdata=[[c.trial, len(c.seeds), c.min] for c in confirmed],
-            hovertemplate="trial %{customdata[0]}: test mean %{y:.2f}% over %{customdata[1]} "
+            hovertemplate="trial %{customdata[0]}: TEST mean %{y:.2f}% over %{customdata[1]} "
             "seeds (min %{customdata[2]:.2f}%)<extra></extra>",
-            marker={"symbol": "star", "size": 14, "color": "#d62728"},
+            marker={"symbol": "star", "size": 15, "color": "#d62728"},
         )
     if "budget" in settings:
         figure.add_vline(
             x=settings["budget"],
             line_dash="dash",
             annotation_text=f"budget {settings['budget']:,} params",
+            annotation_position="bottom left",
         )
     if "target" in settings:
         figure.add_hline(
-            y=settings["target"], line_dash="dot", annotation_text=f"target {settings['target']}%"
+            y=settings["target"],
+            line_dash="dot",
+            annotation_text=f"target {settings['target']}%",
+            annotation_position="top left",
         )
     figure.update_layout(
-        title="Accuracy against parameters",
+        title="Accuracy against parameters (colour: compute)",
         xaxis_title="parameters",
-        yaxis_title=ACCURACY_AXIS,
+        yaxis_title=BOTH_AXIS,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.15},
     )
     return figure
 
@@ -136,7 +159,12 @@ def accuracy_figure(study: optuna.Study) -> go.Figure:
 def history_figure(study: optuna.Study) -> go.Figure:
     """Optuna's optimization history: how fast the search found its best trial."""
     figure = optuna.visualization.plot_optimization_history(study, target_name=ACCURACY_AXIS)
-    figure.update_layout(title="Optimization history")
+    # Trial numbers are integers: one tick per trial, or per few when there are many.
+    trials = len(study.get_trials(deepcopy=False))
+    step = max(1, math.ceil(trials / 20))
+    figure.update_layout(
+        title="Optimization history", xaxis={"tickmode": "linear", "tick0": 0, "dtick": step}
+    )
     return figure
 
 
@@ -192,8 +220,8 @@ def curves_figure(study: optuna.Study, top: int = TOP_CURVES) -> go.Figure:
             y=settings["target"], line_dash="dot", annotation_text=f"target {settings['target']}%"
         )
     figure.update_layout(
-        title=f"Validation accuracy per epoch (top {len(best)} trials)",
-        xaxis_title="epoch",
+        title=f"Validation accuracy per epoch of the full training (top {len(best)} trials)",
+        xaxis={"title": "epoch", "dtick": 1},
         yaxis_title=ACCURACY_AXIS,
     )
     return figure
@@ -217,7 +245,14 @@ def write_report(study: optuna.Study, out: str | Path) -> Path:
         ("Validation curves", curves_figure(study), []),
     ]
     path = Path(out)
-    _write_atomically(path, _page(study, sections))
+    page = _page(study, sections)
+    try:  # a missing folder is created, as 'budgetnas export --out' does
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"cannot write {path}: {error.strerror or error}; pass another --out"
+        ) from None
+    _write_atomically(path, page)
     return path
 
 
@@ -265,19 +300,7 @@ def _notes(notes: list[str]) -> str:
 
 
 def _counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by outcome; pruned ones split by whether training had started, since
-    "over budget" and "losing" are different stories."""
-    trials = study.get_trials(deepcopy=False)
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    untrained = sum(1 for t in pruned if not t.intermediate_values)
-    return {
-        "trials": len(trials),
-        "complete": sum(1 for t in trials if t.state == TrialState.COMPLETE),
-        "pruned before training": untrained,
-        "pruned during training": len(pruned) - untrained,
-        "failed": sum(1 for t in trials if t.state == TrialState.FAIL),
-        "running": sum(1 for t in trials if t.state == TrialState.RUNNING),
-    }
+    return trial_counts(study)
 
 
 def _confirmed_table(study: optuna.Study) -> str:
@@ -327,5 +350,7 @@ def _write_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         if isinstance(error, OSError):
-            raise UsageError(f"cannot write report {path}: {error.strerror or error}") from None
+            raise UsageError(
+                f"cannot write {path}: {error.strerror or error}; pass another --out"
+            ) from None
         raise

@@ -34,9 +34,37 @@ def studies_table(storage: optuna.storages.BaseStorage) -> list[dict]:
                 "pruned": states.count(TrialState.PRUNED),
                 "best_val": max(values) if values else None,
                 "selected": len(selected(study)),
+                "confirmed": len(confirmations(study)),
             }
         )
     return rows
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by outcome. Pruned ones are split by how far they got: untrained (over the
+    budget or the compute cap: "too big" and "losing" are different stories), then by
+    the rung they were stopped at (or the epoch, with a one-training-per-trial pruner)."""
+    trials = study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    rungs = study.user_attrs.get("settings", {}).get("pruner") == "rungs"
+    counts = {
+        "trials": len(trials),
+        "complete": sum(1 for t in trials if t.state == TrialState.COMPLETE),
+        "over budget or cap": sum(1 for t in pruned if _untrained(t)),
+    }
+    for trial in pruned:
+        if not _untrained(trial):
+            reached = len(trial.intermediate_values)
+            key = f"pruned at rung {reached}" if rungs else "pruned during training"
+            counts[key] = counts.get(key, 0) + 1
+    counts["failed"] = sum(1 for t in trials if t.state == TrialState.FAIL)
+    counts["running"] = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return counts
+
+
+def _untrained(trial: FrozenTrial) -> bool:
+    reason = trial.user_attrs.get("pruned_reason", "")
+    return "> budget" in reason or "> cap" in reason or reason.startswith("invalid spec")
 
 
 def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:
@@ -61,10 +89,12 @@ def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:
             {
                 "trial": trial.number,
                 "params": trial.user_attrs.get("params"),
+                "macs": trial.user_attrs.get("macs"),
+                "epoch_seconds": trial.user_attrs.get("epoch_seconds"),
                 "val": trial.value,
                 "test_mean": confirmation.mean if confirmation else None,
                 "test_min": confirmation.min if confirmation else None,
-                "epochs": len(trial.intermediate_values),
+                "epochs": len(trial.user_attrs.get("curve", [])),
                 "state": trial.state.name,
                 "selected": bool(confirmation and confirmation.selected),
             }
@@ -82,6 +112,15 @@ def find_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, Co
     if number is None:
         winners = selected(study)
         if not winners:
+            confirmed = confirmations(study)
+            if confirmed:
+                best = max(confirmed.values(), key=lambda c: c.mean)
+                raise UsageError(
+                    f"none of the {len(confirmed)} confirmed trial(s) of study "
+                    f"{study.study_name!r} cleared its target (best: trial {best.trial}, "
+                    f"mean test {best.mean:.2f}%); run more trials (the same search command), "
+                    "search with more --epochs, or pass --trial N to export one anyway"
+                )
             raise UsageError(
                 f"no architecture in study {study.study_name!r} has cleared its target yet; "
                 "run 'budgetnas confirm' or pass --trial N to export one anyway"
@@ -122,15 +161,17 @@ def export_trial(
         artifact, metrics = confirmation.weights, confirmation.metrics(budget)
         origin = (
             f"Trial {trial.number} of study {study.study_name!r}, retrained on the full training set "
-            f"with seeds {confirmation.seeds}; weights of seed {confirmation.weights_seed}."
+            f"with seeds {confirmation.seeds}; weights of seed {confirmation.weights_seed}, the median "
+            "seed: representative of the architecture, not its luckiest run."
         )
     else:
         artifact = trial.user_attrs["weights"]
         metrics = {
             "val_accuracy": trial.value,
-            "epochs": len(trial.intermediate_values),
+            "epochs": len(trial.user_attrs.get("curve", [])),
             "budget": budget,
             "params": trial.user_attrs["params"],
+            "macs": trial.user_attrs.get("macs"),
             "train_subset": settings.get("train_subset"),
         }
         origin = f"Trial {trial.number} of study {study.study_name!r}: search weights, not confirmed on the test set."
@@ -143,6 +184,7 @@ def export_trial(
                 f"weights of trial {trial.number} are missing from the artifact store ({error}); pass --artifacts"
             ) from None
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    metrics = {"study": study.study_name, "trial": trial.number, **metrics}
     return write_export(
         trial.user_attrs["spec"],
         out,

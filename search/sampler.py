@@ -1,4 +1,4 @@
-"""Map an Optuna trial to a candidate: an architecture spec and a training recipe.
+"""Map an Optuna trial to a candidate: an architecture spec, trained with one fixed recipe.
 
 The space is fixed-size (every trial suggests the same parameters) so that Optuna's
 multivariate TPE can model how they interact. A candidate is three stages of 3x3
@@ -6,12 +6,23 @@ blocks joined by downsampling, then an optional 1x1 squeeze and a GAP head:
 
     stage 1 (28x28) -> down -> stage 2 (~13x13) -> down -> stage 3 (~6x6) -> [1x1] -> head
 
-The trial picks each stage's width only relative to the others, and how much of the
-budget to use (`fill`); the widths are then scaled together to the widest net with at
-most fill x budget parameters. Widths drawn on an absolute scale left candidates either
-over the budget (pruned untrained, a wasted proposal) or a fraction of it (too small to
-compete): in a 40-trial search at 8k (results/search_8000_absolute_widths.log) 9 were
-over and the median trained one had 3,687 parameters.
+It holds the plain conv stacks that do well at these budgets (narrow early stages, two
+max-pools or ref7676's 1x1 + max-pool transitions, bias on or off, GAP + 1x1 head) and
+a separable family whose depthwise blocks are kept out of the 28x28 stage, where they
+are slow per epoch for what they learn.
+
+The trial picks each stage's width only relative to the first, and how much of the
+budget to use (`fill`); the widths are then scaled together to the widest net within
+both fill x budget parameters and the compute cap (``max_macs``). Widths drawn on an
+absolute scale left candidates either over the budget (pruned untrained, a wasted
+proposal) or a fraction of it (too small to compete): in a 40-trial search at 8k
+(results/search_8000_absolute_widths.log) 9 were over and the median trained one had
+3,687 parameters.
+
+Every candidate trains with the engine's default recipe (``Recipe()``), the one that
+takes ref7676 past 99.4%: searching recipes too multiplied the space for TPE and gave
+candidates that could not train in the epoch cap (AdamW at batch 256 reaching 20.8%
+in two epochs).
 """
 
 from __future__ import annotations
@@ -23,24 +34,36 @@ import optuna
 from search.train import Recipe
 from space import Spec, analyse, normalise
 
-# Peak learning rates that the search scales up and down, per optimizer.
-BASE_LR = {"sgd": 0.1, "adamw": 0.004}
-# Augmentation at strength 1.0: the recipe that took ref7676 past 99.4%.
-BASE_AUGMENT = {"rotate": 8.0, "translate": 0.1, "scale": 0.08}
 MIN_WIDTH = 4  # channels: the narrowest stage a scaled-down candidate keeps
 MIN_FILL = 0.5  # the smallest share of the budget a candidate is scaled to
+# Default compute cap per parameter of budget: 160 MACs/param is 1.28 M MACs per image
+# at 8k (ref7676: 1.14 M), 0.64 M at 4k (the 3,762-param plain net: 0.62 M) and 3.2 M
+# at 20k (ref13010: 2.36 M). Above it, candidates train slowly on a CPU for no gain.
+MACS_PER_PARAM = 160
 
 
-def sample_architecture(trial: optuna.Trial, budget: int) -> Spec:
-    """The spec for this trial, scaled to use `fill` of the budget. It exceeds the budget
-    only when even its narrowest version does (too deep for a tiny budget); the caller
-    prunes it then."""
-    block_type = trial.suggest_categorical("block_type", ["conv", "separable", "mixed"])
-    downsample = trial.suggest_categorical("downsample", ["transition", "maxpool"])
-    dropout = trial.suggest_float("dropout", 0.0, 0.15)
+def default_max_macs(budget: int) -> int:
+    """The compute cap a search uses unless told otherwise: MACS_PER_PARAM x budget."""
+    return MACS_PER_PARAM * budget
+
+
+def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None = None) -> Spec:
+    """The spec for this trial, scaled to use `fill` of the budget within ``max_macs``
+    (default: ``default_max_macs(budget)``). It exceeds a limit only when even its
+    narrowest version does (too deep for a tiny budget); the caller prunes it then."""
+    max_macs = default_max_macs(budget) if max_macs is None else max_macs
+    family = trial.suggest_categorical("family", ["plain", "separable"])
+    downsample = trial.suggest_categorical("downsample", ["maxpool", "transition"])
+    bias = trial.suggest_categorical("bias", [False, True])
+    dropout = trial.suggest_float("dropout", 0.0, 0.1)
+    growth = {
+        2: trial.suggest_float("growth2", 1.0, 3.0, log=True),  # stage 2 width / stage 1's
+        3: trial.suggest_float("growth3", 0.75, 2.0, log=True),  # stage 3 width / stage 2's
+    }
     stages = []
+    relative_width = 1.0
     for stage in (1, 2, 3):
-        relative_width = trial.suggest_float(f"relative_width{stage}", 1.0, 4.0, log=True)
+        relative_width *= growth.get(stage, 1.0)
         depth = trial.suggest_int(f"depth{stage}", 1, 3)
         # Unpadded convs shrink the map and save compute; the last stage stays padded
         # so that the head always sees a map of a few pixels.
@@ -56,53 +79,51 @@ def sample_architecture(trial: optuna.Trial, budget: int) -> Spec:
             width = max(MIN_WIDTH, round(scale * relative_width))
             if stage > 1:
                 if downsample == "transition":
-                    blocks.append({"type": "transition", "out": width})
+                    blocks.append({"type": "transition", "out": width, "bias": bias})
                 else:
                     blocks.append({"type": "maxpool"})
-            for index in range(depth):
-                # Depthwise convs need channels to work on: the very first block is a full conv.
-                separable = block_type == "separable" or (block_type == "mixed" and index > 0)
-                kind = "separable" if separable and blocks else "conv"
-                blocks.append({"type": kind, "out": width, "padding": padding, "dropout": dropout})
+            kind = "separable" if family == "separable" and stage > 1 else "conv"
+            for _ in range(depth):
+                blocks.append(
+                    {
+                        "type": kind,
+                        "out": width,
+                        "padding": padding,
+                        "bias": bias,
+                        "dropout": dropout,
+                    }
+                )
         if squeeze:
-            blocks.append({"type": "pointwise", "out": squeeze})
-        return {"blocks": blocks, "head": {"type": head}}
+            blocks.append({"type": "pointwise", "out": squeeze, "bias": bias})
+        return {"blocks": blocks, "head": {"type": head, "bias": bias}}
 
-    return widest_within(spec_at, fill * budget)
+    return widest_within(spec_at, fill * budget, max_macs)
 
 
-def widest_within(spec_at: Callable[[float], Spec], max_params: float) -> Spec:
-    """``spec_at(scale)`` for the largest scale that keeps it within ``max_params``.
+def widest_within(
+    spec_at: Callable[[float], Spec], max_params: float, max_macs: float = float("inf")
+) -> Spec:
+    """``spec_at(scale)`` for the largest scale that keeps it within ``max_params`` and
+    ``max_macs``.
 
-    The count only grows with the scale, so a bisection finds it; the exact count comes
+    Both counts only grow with the scale, so a bisection finds it; the exact counts come
     from ``space.analyse``, no module is built. ``spec_at(0)`` (every stage at its
     narrowest) comes back when nothing fits.
     """
 
-    def params(scale: float) -> int:
-        return analyse(normalise(spec_at(scale))).params
+    def fits(scale: float) -> bool:
+        analysis = analyse(normalise(spec_at(scale)))
+        return analysis.params <= max_params and analysis.macs <= max_macs
 
     low, high = 0.0, 1.0
-    while params(high) <= max_params:  # widths grow without bound, so this ends
+    while fits(high):  # widths grow without bound, so this ends
         low, high = high, 2 * high
     for _ in range(20):  # well below one channel's difference in width
         middle = (low + high) / 2
-        low, high = (middle, high) if params(middle) <= max_params else (low, middle)
+        low, high = (middle, high) if fits(middle) else (low, middle)
     return spec_at(low)
 
 
-def sample_recipe(trial: optuna.Trial, epochs: int) -> Recipe:
-    """Training hyperparameters for this trial, under the epoch cap."""
-    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adamw"])
-    lr_scale = trial.suggest_float("lr_scale", 0.25, 4.0, log=True)
-    batch_size = trial.suggest_categorical("batch_size", [64, 128, 256])
-    augment = trial.suggest_float("augment", 0.0, 1.5)
-    label_smoothing = trial.suggest_float("label_smoothing", 0.0, 0.1)
-    return Recipe(
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=BASE_LR[optimizer] * lr_scale,
-        label_smoothing=label_smoothing,
-        **{key: value * augment for key, value in BASE_AUGMENT.items()},
-    )
+def search_recipe(epochs: int) -> Recipe:
+    """The recipe every searched candidate trains with, under the epoch cap."""
+    return Recipe(epochs=epochs)

@@ -46,6 +46,11 @@ def check_storage_url(url: str, *, must_exist: bool) -> None:
             f"storage URL {url!r} is not a database URL; use e.g. sqlite:///studies.db "
             "or postgresql://user@host/dbname"
         )
+    if scheme == "postgres" or scheme.startswith("postgres+"):
+        raise UsageError(
+            f"storage URL {url!r}: SQLAlchemy names the scheme postgresql://, not postgres://; "
+            "write postgresql://user@host/dbname"
+        )
     path = sqlite_path(url)
     if scheme.startswith("sqlite") and path is None:
         raise UsageError(f"storage URL {url!r}: write SQLite URLs as sqlite:///path/to/file.db")

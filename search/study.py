@@ -7,6 +7,7 @@ of machines until it holds exactly ``--trials`` finished trials.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -24,8 +25,20 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from search.confirm import confirmation_seconds, top_trials, within_reach
 from search.data import search_data
-from search.objective import FINISHED, Objective, SurplusTrial
+from search.estimate import estimate_cost
+from search.objective import (
+    FINISHED,
+    CPUOutOfMemory,
+    Objective,
+    OutOfTime,
+    SurplusTrial,
+    Terminated,
+    raise_terminated,
+)
+from search.plan import PROMOTE_ONE_IN
+from search.sampler import default_max_macs
 from search.storage import (
     DEFAULT_ARTIFACTS,
     DEFAULT_STORAGE,
@@ -34,11 +47,13 @@ from search.storage import (
     check_storage_url,
     open_storage,
 )
-from search.train import resolve_device
+from search.train import autocast_dtype, resolve_device
 from space import ZOO, analyse
 
-PRUNERS = ("median", "halving", "hyperband", "none")
+METRIC_NAME = "validation accuracy %"
+PRUNERS = ("rungs", "median", "halving", "hyperband", "none")
 INTERRUPTED = 130  # exit code of a worker process stopped by Ctrl-C, as a shell would set
+TERMINATED = 143  # ... and by SIGTERM
 # How often a worker whose remaining slots are all held by running trials looks again: one
 # of those trials may yet fail (CUDA OOM, Ctrl-C, a dead worker) and free its slot.
 WAIT_POLL_S = 1.0
@@ -46,6 +61,7 @@ WAIT_NOTICE_S = 10.0  # say why a worker sits idle once it has waited this long
 # Study settings that must not change when a search is resumed: trials trained under
 # other settings would not be comparable.
 FIXED_SETTINGS = ("budget", "epochs", "val_size", "train_subset", "seed")
+GPU_HEADROOM = 0.05  # of a shared card's memory, left to the workers' CUDA contexts
 
 
 @dataclass
@@ -61,16 +77,26 @@ class SearchConfig:
     artifacts: str = DEFAULT_ARTIFACTS
     data_dir: str | None = None
     device: str = "auto"
+    precision: str = "auto"  # autocast dtype of training: auto, fp32, bf16, fp16
     seed: int = 0
     timeout: float | None = None
     train_subset: int | None = None
     val_size: int = 10_000
-    pruner: str = "median"
+    pruner: str = "rungs"
+    max_macs: int | None = None  # compute cap per image; None: sampler.default_max_macs
     warm_start: bool = False
+    confirm_seeds: int = 0  # seeds the confirmation after the search will train, if any
     workers: int = 1
     heartbeat: int = 60
+    estimate: bool = False  # print what the search will cost before it trains anything
+    estimated_trial_seconds: float | None = None  # the ETA's pace until trials finish
     progress_bars: bool = False  # live per-batch bars, for a terminal
     epoch_lines: bool = True  # one line per epoch, for logs and many workers
+
+    @property
+    def mac_cap(self) -> int:
+        """The compute cap in force: ``max_macs``, or the default for the budget."""
+        return default_max_macs(self.budget) if self.max_macs is None else self.max_macs
 
     @property
     def study_name(self) -> str:
@@ -85,6 +111,10 @@ class SearchConfig:
             (_is_int(self.trials) and self.trials > 0, "--trials must be a positive integer"),
             (self.pruner in PRUNERS, f"--pruner must be one of {', '.join(PRUNERS)}"),
             (_is_int(self.workers) and self.workers >= 1, "--workers must be at least 1"),
+            (
+                self.max_macs is None or (_is_int(self.max_macs) and self.max_macs > 0),
+                "--max-macs must be a positive integer",
+            ),
             (self.timeout is None or self.timeout > 0, "--timeout must be a positive number"),
             (
                 self.train_subset is None or 0 < self.train_subset <= 60_000 - self.val_size,
@@ -96,7 +126,7 @@ class SearchConfig:
         for ok, message in rules:
             if not ok:
                 raise UsageError(message)
-        check_device(self.device)
+        check_precision(check_device(self.device), self.precision)
         check_storage_url(self.storage, must_exist=False)
 
 
@@ -111,13 +141,39 @@ def check_device(name: str) -> torch.device:
         raise UsageError(str(error)) from None
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner that stops losing trials; warm-up skips the noisy first epochs.
+def check_precision(device: torch.device, precision: str) -> None:
+    """UsageError when ``precision`` is unknown or ``device`` cannot train in it."""
+    try:
+        autocast_dtype(device, precision)
+    except ValueError as error:
+        raise UsageError(f"--{error}") from None
 
-    The median pruner starts judging after 2 complete trials, not Optuna's default 5: a
+
+def share_gpu(device: torch.device, workers: int) -> None:
+    """Cap this process's CUDA allocations to its share of the card among ``workers``.
+
+    Trials side by side on one GPU then cannot starve each other: a trial that outgrows
+    its share raises CUDA out-of-memory, which fails that trial alone, with the reason
+    recorded. The shares leave GPU_HEADROOM of the card to the workers' CUDA contexts,
+    which sit outside the allocator's cap.
+    """
+    if device.type == "cuda" and workers > 1:
+        torch.cuda.set_per_process_memory_fraction((1 - GPU_HEADROOM) / workers, device)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner that stops losing trials.
+
+    "rungs" (the default) is successive halving over the rungs of ``search.plan``: each
+    rung a training of its own, reported as one step. The others judge one full-length
+    training epoch by epoch; their warm-up skips the noisy first epochs. The median pruner starts judging after 2 complete trials, not Optuna's default 5: a
     CPU search affords a few dozen trials, and until the pruner starts, every poor
     candidate trains to the end.
     """
+    if name == "rungs":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=PROMOTE_ONE_IN, min_early_stopping_rate=0
+        )
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 4))
     if name == "halving":
@@ -134,7 +190,13 @@ class _RecordedFailures(logging.Filter):
     included, are still logged in full.
     """
 
-    EXPECTED = (SurplusTrial, torch.cuda.OutOfMemoryError, KeyboardInterrupt)
+    EXPECTED = (
+        SurplusTrial,
+        torch.cuda.OutOfMemoryError,
+        CPUOutOfMemory,
+        OutOfTime,
+        KeyboardInterrupt,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,6 +235,8 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
         "train_subset": config.train_subset,
         "seed": config.seed,
         "pruner": config.pruner,  # what 'budgetnas worker' uses unless told otherwise
+        "precision": config.precision,  # likewise; "auto" picks per device
+        "max_macs": config.mac_cap,
     }
     name = config.study_name
     if name in optuna.get_all_study_names(storage):
@@ -190,6 +254,8 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
                     "use the same value to resume or --study NEW_NAME for a new search"
                 )
         study.set_user_attr("trials", config.trials)
+        # What may change on resume is what the user asked for this time.
+        study.set_user_attr("settings", {**recorded, **settings})
         return study
     study = optuna.create_study(
         study_name=name,
@@ -200,6 +266,9 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
     )
     study.set_user_attr("settings", settings)
     study.set_user_attr("trials", config.trials)  # what 'budgetnas worker' joins in for
+    with warnings.catch_warnings():  # experimental in Optuna, and what the dashboard reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC_NAME])
     if config.warm_start:
         for zoo_name, spec in ZOO.items():
             if analyse(spec).params <= config.budget:
@@ -228,6 +297,8 @@ def trial_line(trial: FrozenTrial) -> str:
     """One line per finished trial: number, parameters, validation accuracy, state, seconds."""
     params = trial.user_attrs.get("params")
     params_text = f"{params:>7,} params" if params is not None else "      ? params"
+    macs = trial.user_attrs.get("macs")
+    params_text += f" {macs / 1e6:5.2f} M MACs" if macs is not None else "       ? MACs"
     value = f"val {trial.value:6.2f}%" if trial.value is not None else _last_value(trial)
     seconds = trial.user_attrs.get("train_seconds", 0.0)
     reason = trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("fail_reason") or ""
@@ -245,8 +316,9 @@ class Progress:
     """Prints each finished trial and an overall bar with an ETA across the run.
 
     The ETA is wall time per finished trial times the trials left, capped by --timeout.
-    It stays unknown until a trial that trained has finished: over-budget candidates are
-    pruned in milliseconds, and a run of them alone would promise a search of seconds.
+    Until a trial that trained has finished it is the up-front estimate, when there is
+    one, else unknown: over-budget candidates are pruned in milliseconds, and a run of
+    them alone would promise a search of seconds.
     """
 
     def __init__(
@@ -255,11 +327,15 @@ class Progress:
         total: int,
         out: TextIO | None = None,
         timeout: float | None = None,
+        estimated_trial_seconds: float | None = None,
+        workers: int = 1,
     ):
         self.total, self.out = total, out
         self.done_at_start = finished_count(study)
         self.started = time.perf_counter()
         self.timeout = math.inf if timeout is None else timeout
+        self.estimated_trial_seconds = estimated_trial_seconds
+        self.workers = workers
         self.trained = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -269,22 +345,28 @@ class Progress:
             return
         self.trained = self.trained or bool(trial.intermediate_values)
         done = finished_count(study)
+        left = max(0, self.total - done)
         ran = max(1, done - self.done_at_start)
         elapsed = time.perf_counter() - self.started
-        eta = min(elapsed / ran * max(0, self.total - done), max(0.0, self.timeout - elapsed))
+        if self.trained:
+            eta: float | None = elapsed / ran * left
+        elif self.estimated_trial_seconds is not None:
+            eta = self.estimated_trial_seconds * left / self.workers
+        else:
+            eta = None
         width = 24
         filled = min(width, round(width * done / self.total))
         bar = "#" * filled + "-" * (width - filled)
         print(trial_line(trial), file=self.out, flush=True)
+        when = "unknown" if eta is None else clock(min(eta, max(0.0, self.timeout - elapsed)))
         print(
-            f"[{bar}] {min(done, self.total)}/{self.total} trials"
-            f"  ETA {_clock(eta) if self.trained else 'unknown'}",
+            f"[{bar}] {min(done, self.total)}/{self.total} trials  ETA {when}",
             file=self.out,
             flush=True,
         )
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
@@ -300,6 +382,7 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
     gone (killed), they finish their trial and stop rather than run on unseen.
     """
     device = check_device(config.device)
+    share_gpu(device, config.workers)
     if device.type == "cpu" and config.workers > 1:
         # Side-by-side single-thread trials use the cores better than one wide trial.
         torch.set_num_threads(threads_per_worker(config.workers))
@@ -316,12 +399,19 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
     ran = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL, TrialState.RUNNING))
     study.sampler = _sampler(config, worker, history=len(ran))
     objective = Objective(config, fit, validation, device)
-    progress = Progress(study, config.trials, timeout=config.timeout)
+    progress = Progress(
+        study,
+        config.trials,
+        timeout=config.timeout,
+        estimated_trial_seconds=config.estimated_trial_seconds,
+        workers=config.workers,
+    )
     optuna.logging.get_logger("optuna.study._optimize").addFilter(_QUIET_FAILURES)
     deadline = math.inf if config.timeout is None else time.monotonic() + config.timeout
+    objective.deadline = deadline
     waiting_since: float | None = None  # when the remaining slots were all taken
     noticed = False
-    while time.monotonic() < deadline:
+    while time.monotonic() + _confirmation_reserve(study, config) < deadline:
         if parent_pid is not None and os.getppid() != parent_pid:
             print(f"worker {worker}: the search process is gone; stopping", file=sys.stderr)
             return
@@ -344,15 +434,37 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
             study.optimize(
                 objective,
                 n_trials=1,
-                catch=(SurplusTrial, torch.cuda.OutOfMemoryError),
+                catch=(SurplusTrial, torch.cuda.OutOfMemoryError, CPUOutOfMemory, OutOfTime),
                 callbacks=[progress],
             )
         except KeyboardInterrupt:
             if objective.trial_number is not None:
                 _requeue_interrupted(study, objective.trial_number)
             raise
+        if objective.trial_number is not None:
+            _requeue_out_of_time(study, objective.trial_number)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # after an OOM, give the memory back to other workers
+
+
+def _requeue_out_of_time(study: optuna.Study, number: int) -> None:
+    """Queue the candidate of a trial that --timeout stopped, so a resume finishes it."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason", "").startswith(
+        "--timeout"
+    ):
+        _queue_again(study, trial)
+
+
+def _confirmation_reserve(study: optuna.Study, config: SearchConfig) -> float:
+    """Seconds of --timeout to leave for confirming the best trial so far (when the search
+    will confirm and that trial can reach the target): the timeout bounds the whole run."""
+    if not config.confirm_seeds or config.timeout is None:
+        return 0.0
+    best = top_trials(study, 1)
+    if not best or not within_reach(best[0], config.target):
+        return 0.0
+    return confirmation_seconds(best[0], config.confirm_seeds, config.train_subset)
 
 
 def _requeue_interrupted(study: optuna.Study, number: int) -> None:
@@ -431,8 +543,23 @@ def run_search(config: SearchConfig) -> optuna.Study:
     """
     config.check()
     device = check_device(config.device)
-    search_data(config.data_dir, device, config.val_size, config.seed, config.train_subset)
+    fit, _ = search_data(config.data_dir, device, config.val_size, config.seed, config.train_subset)
     study = create_or_resume(config)
+    if config.estimate:
+        left = max(0, config.trials - finished_count(study))
+        estimate = estimate_cost(
+            fit=fit,
+            device=device,
+            epochs=config.epochs,
+            trials=left,
+            pruner=config.pruner,
+            mac_cap=config.mac_cap,
+            workers=config.workers,
+            confirm_seeds=config.confirm_seeds,
+            train_subset=config.train_subset,
+        )
+        print(estimate.line(), flush=True)
+        config = dataclasses.replace(config, estimated_trial_seconds=estimate.trial_seconds)
     if config.workers == 1:
         run_worker(config)
         return study
@@ -449,10 +576,12 @@ def run_search(config: SearchConfig) -> optuna.Study:
         child.start()
     try:
         run_worker(config, 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        # Pass the same signal on: each worker then records why its trial stopped.
+        passed_on = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
         for child in children:
             if child.is_alive() and child.pid is not None:
-                os.kill(child.pid, signal.SIGINT)
+                os.kill(child.pid, passed_on)
         raise
     finally:
         for child in children:
@@ -469,16 +598,17 @@ def run_search(config: SearchConfig) -> optuna.Study:
 def _worker_process(config: SearchConfig, worker: int, parent_pid: int, verbosity: int) -> None:
     """Entry point of a spawned worker: Ctrl-C fails its running trial and ends it quietly.
 
-    The first SIGINT raises KeyboardInterrupt and later ones are ignored, so a Ctrl-C
+    SIGTERM is handled the same way (``Terminated``). The first SIGINT raises KeyboardInterrupt and later ones are ignored, so a Ctrl-C
     from the terminal plus the one ``run_search`` passes on cannot interrupt the cleanup.
     A spawned process starts with Optuna's default logging, so it gets the parent's.
     """
     signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, raise_terminated)
     optuna.logging.set_verbosity(verbosity)
     try:
         run_worker(config, worker, parent_pid=parent_pid)
-    except KeyboardInterrupt:
-        sys.exit(INTERRUPTED)
+    except KeyboardInterrupt as error:
+        sys.exit(TERMINATED if isinstance(error, Terminated) else INTERRUPTED)
 
 
 def _interrupt_once(signum: int, frame: object) -> NoReturn:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # widgets in a notebook (with ipywidgets), text in a terminal
 
 from search.augment import random_affine
 from search.data import Split
@@ -23,6 +23,7 @@ from search.data import Split
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "step")
 CUDA_CHECK_EVERY = 25  # steps between loss checks on CUDA, where each check is a host sync
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what training autocasts to (evaluation: fp32)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TrainResult:
     seconds: float
     device: str
     state_dict: dict[str, torch.Tensor]  # CPU copies, safe to keep after the model moves on
+    precision: str = "fp32"  # what training autocast to: "fp32", "bf16" or "fp16"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -99,6 +101,45 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def autocast_dtype(device: str | torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype training on ``device`` autocasts to under ``precision``; None: plain fp32.
+
+    "auto" picks from the device: bf16 on CUDA cards that compute it natively (compute
+    capability 8.0 on: A100, RTX 30xx, L4, H100...; and torch.cuda.is_bf16_supported()),
+    fp16 with a GradScaler on the older cards with tensor cores (7.x: V100, T4, RTX 20xx),
+    where bf16 is only emulated, and fp32 on older cards and on CPU (bf16 autocast is ~3x
+    slower than fp32 on AVX2 CPUs). "fp32", "bf16" and "fp16" force the choice; a ValueError
+    says when the device cannot run it (fp16 on CPU, bf16 on a card without bf16).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if not cuda:
+            raise ValueError("precision fp16 is for CUDA devices; on CPU use fp32 (or bf16)")
+        return torch.float16
+    if precision == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                "precision bf16 needs a CUDA device that supports it; use fp16, fp32 or auto"
+            )
+        return torch.bfloat16
+    if not cuda:
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 8 and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if major >= 7 else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """ "fp32", "bf16" or "fp16": how trials and confirmations record ``autocast_dtype``."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def train(
     model: nn.Module,
     fit: Split,
@@ -109,13 +150,15 @@ def train(
     device: str | torch.device | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool = False,
+    precision: str = "auto",
 ) -> TrainResult:
     """Train `model` in place on `fit`, scoring it on `evaluation` after every epoch.
 
     `device` defaults to where `fit` lives. `on_epoch` sees each epoch's stats and
     may raise (e.g. optuna.TrialPruned) to stop training; the exception propagates.
     Raises NonFiniteLoss as soon as the loss is NaN/inf (within CUDA_CHECK_EVERY
-    steps on CUDA, where checking every step would stall the GPU).
+    steps on CUDA, where checking every step would stall the GPU). ``precision`` picks
+    the autocast dtype of training (``autocast_dtype``); evaluation is always fp32.
     """
     device = fit.images.device if device is None else torch.device(device)
     cuda = device.type == "cuda"
@@ -130,6 +173,9 @@ def train(
     optimizer = _optimizer(model, recipe)
     scheduler = _scheduler(optimizer, recipe, steps * recipe.epochs)
     check_every = CUDA_CHECK_EVERY if cuda else 1
+    dtype = autocast_dtype(device, precision)
+    # fp16's narrow range needs loss scaling; with bf16 or fp32 the scaler is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     history: list[EpochStats] = []
     start = time.perf_counter()
@@ -146,14 +192,15 @@ def train(
                 x = random_affine(
                     _floats(images[index]), generator, recipe.rotate, recipe.translate, recipe.scale
                 )
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     logits = model(_layout(x, cuda))
                     loss = F.cross_entropy(
                         logits, labels[index], label_smoothing=recipe.label_smoothing
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 losses[step] = loss.detach()
                 if (step + 1) % check_every == 0 or step + 1 == steps:
@@ -173,7 +220,12 @@ def train(
 
     state_dict = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
     return TrainResult(
-        history, history[-1].accuracy, time.perf_counter() - start, str(device), state_dict
+        history,
+        history[-1].accuracy,
+        time.perf_counter() - start,
+        str(device),
+        state_dict,
+        precision_name(dtype),
     )
 
 

@@ -7,6 +7,7 @@ Its layer names match ``space.build``'s, which is what lets the weights load unc
 
 from __future__ import annotations
 
+import math
 import os
 import pprint
 import tempfile
@@ -16,39 +17,53 @@ from typing import Any
 import torch
 
 from space.build import MNIST_MEAN, MNIST_STD
-from space.spec import INPUT_SHAPE, Spec, analyse, normalise
+from space.spec import INPUT_SHAPE, Spec, analyse, compact, normalise
 
 
 def _init_lines(spec: Spec) -> list[str]:
     lines = []
     for i, block in enumerate(spec["blocks"], start=1):
         kind = block["type"]
-        if kind == "maxpool":
-            continue
-        cin, cout, bias = block["in"], block["out"], block["bias"]
-        if kind == "conv":
-            lines.append(
-                f"self.conv{i} = nn.Conv2d({cin}, {cout}, 3, padding={block['padding']}, bias={bias})"
-            )
-        elif kind == "separable":
-            lines.append(
-                f"self.dw{i} = nn.Conv2d({cin}, {cin}, 3, padding={block['padding']}, groups={cin}, bias={bias})"
-            )
-            lines.append(f"self.pw{i} = nn.Conv2d({cin}, {cout}, 1, bias={bias})")
-        else:
-            lines.append(f"self.conv{i} = nn.Conv2d({cin}, {cout}, 1, bias={bias})")
-        if kind != "transition":
-            lines.append(f"self.bn{i} = nn.BatchNorm2d({cout})")
-            if block["dropout"] > 0:
-                lines.append(f"self.drop{i} = nn.Dropout({block['dropout']})")
+        if kind != "maxpool":
+            lines += _conv_lines(i, block)
+        if block.get("dropout", 0) > 0:
+            layer = "Dropout2d" if block["dropout_kind"] == "dropout2d" else "Dropout"
+            lines.append(f"self.drop{i} = nn.{layer}({block['dropout']})")
     head = spec["head"]
-    lines.append("self.gap = nn.AdaptiveAvgPool2d(1)")
+    if head["type"] != "flatten_linear":
+        lines.append("self.gap = nn.AdaptiveAvgPool2d(1)")
     if head["dropout"] > 0:
         lines.append(f"self.head_drop = nn.Dropout({head['dropout']})")
+    cin, bias = head["in"], head["bias"]
     if head["type"] == "gap_linear":
-        lines.append(f"self.head = nn.Linear({head['in']}, 10, bias={head['bias']})")
+        lines.append(f"self.head = nn.Linear({cin}, 10, bias={bias})")
+    elif head["type"] == "flatten_linear":
+        _, height, width = analyse(spec).shapes[-1]
+        lines.append(f"self.head = nn.Linear({cin * height * width}, 10, bias={bias})")
+    elif head["type"] == "conv3_gap":
+        lines.append(f"self.head = nn.Conv2d({cin}, 10, 3, padding=1, bias={bias})")
     else:
-        lines.append(f"self.head = nn.Conv2d({head['in']}, 10, 1, bias={head['bias']})")
+        lines.append(f"self.head = nn.Conv2d({cin}, 10, 1, bias={bias})")
+    return lines
+
+
+def _conv_lines(i: int, block: dict[str, Any]) -> list[str]:
+    kind, cin, cout, bias = block["type"], block["in"], block["out"], block["bias"]
+    if kind == "conv":
+        lines = [
+            f"self.conv{i} = nn.Conv2d({cin}, {cout}, 3, padding={block['padding']}, bias={bias})"
+        ]
+    elif kind == "separable":
+        lines = [
+            f"self.dw{i} = nn.Conv2d({cin}, {cin}, 3, padding={block['padding']}, groups={cin}, bias={bias})",
+            f"self.pw{i} = nn.Conv2d({cin}, {cout}, 1, bias={bias})",
+        ]
+    elif kind == "pointwise" and block["padding"]:
+        lines = [f"self.conv{i} = nn.Conv2d({cin}, {cout}, 1, padding=1, bias={bias})"]
+    else:
+        lines = [f"self.conv{i} = nn.Conv2d({cin}, {cout}, 1, bias={bias})"]
+    if block.get("bn", False):
+        lines.append(f"self.bn{i} = nn.BatchNorm2d({cout})")
     return lines
 
 
@@ -64,9 +79,9 @@ def _forward_lines(spec: Spec) -> list[str]:
             expr = f"F.max_pool2d(self.conv{i}(x), 2)"
         else:
             conv = f"self.pw{i}(self.dw{i}(x))" if kind == "separable" else f"self.conv{i}(x)"
-            expr = f"F.relu(self.bn{i}({conv}))"
-            if block["dropout"] > 0:
-                expr = f"self.drop{i}({expr})"
+            expr = f"F.relu(self.bn{i}({conv}))" if block["bn"] else f"F.relu({conv})"
+        if block.get("dropout", 0) > 0:
+            expr = f"self.drop{i}({expr})"
         after = analysis.shapes[i - 1]
         rf = analysis.receptive_fields[i - 1]
         lines.append(f"x = {expr}  # {_shape(shape)} -> {_shape(after)}, RF {rf}")
@@ -75,6 +90,14 @@ def _forward_lines(spec: Spec) -> list[str]:
     drop = "self.head_drop(x)" if head["dropout"] > 0 else "x"
     if head["type"] == "conv_gap":
         lines.append(f"x = self.gap(self.head({drop}))  # -> 10x1x1")
+    elif head["type"] == "conv3_gap":
+        rf = analysis.receptive_field
+        lines.append(
+            f"x = self.gap(self.head({drop}))  # -> 10x{_shape(shape[1:])}, RF {rf} -> 10x1x1"
+        )
+    elif head["type"] == "flatten_linear":
+        lines.append(f"x = x.flatten(1)  # {_shape(shape)} -> {math.prod(shape)}")
+        lines.append(f"x = self.head({drop})  # -> 10")
     elif head["type"] == "gap_conv":
         lines.append("x = self.gap(x)")
         lines.append(f"x = self.head({drop})  # -> 10x1x1")
@@ -86,6 +109,7 @@ def _forward_lines(spec: Spec) -> list[str]:
 
 
 def _spec_literal(spec: Spec) -> str:
+    spec = compact(spec)  # options at their defaults left out: short, and stable across versions
     blocks = "".join(f"        {block!r},\n" for block in spec["blocks"])
     return f"{{\n    'blocks': [\n{blocks}    ],\n    'head': {spec['head']!r},\n}}"
 
@@ -126,7 +150,7 @@ def module_source(
     return f'''"""{name}: a {analysis.params:,}-parameter MNIST network exported by budgetnas.
 {origin_line}
 {_metrics_summary(metrics)}
-Receptive field {analysis.receptive_field}x{analysis.receptive_field}. Input: N x 1 x 28 x 28 floats in [0, 1]
+Receptive field {analysis.receptive_field}x{analysis.receptive_field}, {analysis.macs:,} multiply-accumulates per image. Input: N x 1 x 28 x 28 floats in [0, 1]
 (what ToTensor gives); the network normalises them itself. Output: N x 10 logits.
 
     from {name} import load
@@ -195,10 +219,12 @@ def export_module(
     path.parent.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[str, Path]] = []
     try:
-        staged.append((_stage(path, lambda f: f.write(source.encode())), path))
+        staged.append((stage_file(path, lambda f: f.write(source.encode())), path))
         if state_dict is not None:
             cpu_state = {k: v.detach().cpu() for k, v in state_dict.items()}
-            staged.append((_stage(weights_path, lambda f: torch.save(cpu_state, f)), weights_path))
+            staged.append(
+                (stage_file(weights_path, lambda f: torch.save(cpu_state, f)), weights_path)
+            )
     except BaseException:
         for temp, _ in staged:
             os.unlink(temp)
@@ -210,7 +236,9 @@ def export_module(
     return path
 
 
-def _stage(final: Path, write) -> str:
+def stage_file(final: Path, write) -> str:
+    """Write a temporary file beside ``final`` through ``write(binary file)`` and return
+    its path, for an ``os.replace`` once every file of an export is written."""
     fd, temp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
     # mkstemp makes the file private (0600); an export is an ordinary file for its users.
     umask = os.umask(0)

@@ -23,14 +23,33 @@ Block types:
 - ``pointwise``: 1x1 conv, BatchNorm, ReLU, optional dropout.
 - ``separable``: depthwise 3x3 conv + pointwise 1x1 conv, BatchNorm, ReLU, optional dropout.
 - ``transition``: 1x1 conv that changes the channel count (no BN, no ReLU), then 2x2 max-pool.
-- ``maxpool``: 2x2 max-pool.
+- ``maxpool``: 2x2 max-pool, optional dropout after it.
+
+Block options (defaults in brackets; a key a block type does not take is an error):
+
+- ``out``: output channels (required, except for ``maxpool``); ``in`` is inferred.
+- ``padding`` [1; 0 for ``pointwise``]: 0 or 1, of the 3x3 conv (``conv``), the depthwise
+  conv (``separable``) or the 1x1 conv (``pointwise``: padding 1 grows the map by 2,
+  14x14 -> 16x16).
+- ``bias`` [false]: the convs' bias.
+- ``bn`` [true]: BatchNorm between the conv and the ReLU (``conv``, ``pointwise``,
+  ``separable``); false gives conv -> ReLU.
+- ``dropout`` [0.0]: dropout probability after the ReLU (``conv``, ``pointwise``,
+  ``separable``) or after the pool (``maxpool``); 0 means no dropout layer.
+- ``dropout_kind`` ["dropout"]: ``"dropout"`` (``nn.Dropout``, single activations) or
+  ``"dropout2d"`` (``nn.Dropout2d``, whole channels).
 
 Head types (always to 10 classes): ``conv_gap`` (1x1 conv, then global average pooling),
-``gap_conv`` (GAP, then 1x1 conv) and ``gap_linear`` (GAP, then a linear layer). Head
-dropout, when set, is applied just before the head's conv or linear layer.
+``conv3_gap`` (3x3 conv with padding 1, then GAP), ``gap_conv`` (GAP, then 1x1 conv),
+``gap_linear`` (GAP, then a linear layer) and ``flatten_linear`` (no pooling: the last
+C x H x W map flattened into a linear layer). Head options: ``bias`` [false] and
+``dropout`` [0.0], an ``nn.Dropout`` applied just before the head's conv or linear layer.
 
 Every block may give ``in``; it is filled in from the previous block when absent and
 must match it when present, so a hand-written spec whose channels don't chain fails.
+``normalise`` fills in every default, so a spec written before an option existed keeps
+its meaning; ``compact`` leaves the later options out again where they hold their
+default, which is how exported modules write their ``SPEC``.
 """
 
 from __future__ import annotations
@@ -44,15 +63,27 @@ INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 
 BLOCK_TYPES = ("conv", "pointwise", "separable", "transition", "maxpool")
-HEAD_TYPES = ("conv_gap", "gap_conv", "gap_linear")
+HEAD_TYPES = ("conv_gap", "conv3_gap", "gap_conv", "gap_linear", "flatten_linear")
+DROPOUT_KINDS = ("dropout", "dropout2d")
 
+_DROPOUT = {"dropout": 0.0, "dropout_kind": "dropout"}
 # The keys each block type takes, with defaults for the optional ones ("in" is inferred).
+# Their order is the order of a normalised block's keys.
 _BLOCK_FIELDS: dict[str, dict[str, Any]] = {
-    "conv": {"padding": 1, "bias": False, "dropout": 0.0},
-    "pointwise": {"bias": False, "dropout": 0.0},
-    "separable": {"padding": 1, "bias": False, "dropout": 0.0},
+    "conv": {"padding": 1, "bias": False, "bn": True, **_DROPOUT},
+    "pointwise": {"padding": 0, "bias": False, "bn": True, **_DROPOUT},
+    "separable": {"padding": 1, "bias": False, "bn": True, **_DROPOUT},
     "transition": {"bias": False},
-    "maxpool": {},
+    "maxpool": {**_DROPOUT},
+}
+# Options added after the first specs were stored and exported: ``compact`` leaves them
+# out where they hold their default, so those specs still read as they were written.
+_LATER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "conv": ("bn", "dropout_kind"),
+    "pointwise": ("padding", "bn", "dropout_kind"),
+    "separable": ("bn", "dropout_kind"),
+    "transition": (),
+    "maxpool": ("dropout", "dropout_kind"),
 }
 _HEAD_FIELDS: dict[str, Any] = {"bias": False, "dropout": 0.0}
 
@@ -68,7 +99,12 @@ class Analysis:
     """What a spec implies, computed without building a module.
 
     ``shapes[i]`` and ``receptive_fields[i]`` describe the feature map after block ``i``;
-    ``receptive_field`` is that of the last feature map, the one the head pools.
+    ``receptive_field`` is that of the map the head pools or flattens: the last block's,
+    grown by the head's own 3x3 conv for ``conv3_gap``.
+    ``macs`` counts the multiply-accumulates of one image's forward pass through the conv
+    and linear layers (the usual convention: BatchNorm, ReLU, pooling and biases are left
+    out). It is the compute a candidate costs, which its parameter count does not say: a
+    narrow layer at 28x28 costs more than a wide one at 7x7.
     """
 
     params: int
@@ -76,10 +112,14 @@ class Analysis:
     head_params: int
     shapes: list[tuple[int, int, int]]
     receptive_fields: list[int]
+    macs: int
+    block_macs: list[int]
+    head_macs: int
+    head_receptive_field: int
 
     @property
     def receptive_field(self) -> int:
-        return self.receptive_fields[-1]
+        return self.head_receptive_field
 
 
 def _where(index: int | None, kind: str) -> str:
@@ -103,10 +143,15 @@ def _check_fields(
     for key in ("in", "out"):
         if key in full and (not _is_int(full[key]) or full[key] < 1):
             raise SpecError(f"{where}: '{key}' must be a positive integer, got {full[key]!r}")
-    if "padding" in full and full["padding"] not in (0, 1):
+    if "padding" in full and (not _is_int(full["padding"]) or full["padding"] not in (0, 1)):
         raise SpecError(f"{where}: 'padding' must be 0 or 1, got {full['padding']!r}")
-    if "bias" in full and not isinstance(full["bias"], bool):
-        raise SpecError(f"{where}: 'bias' must be true or false, got {full['bias']!r}")
+    for key in ("bias", "bn"):
+        if key in full and not isinstance(full[key], bool):
+            raise SpecError(f"{where}: '{key}' must be true or false, got {full[key]!r}")
+    if "dropout_kind" in full and full["dropout_kind"] not in DROPOUT_KINDS:
+        raise SpecError(
+            f"{where}: 'dropout_kind' must be one of {DROPOUT_KINDS}, got {full['dropout_kind']!r}"
+        )
     if "dropout" in full:
         p = full["dropout"]
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
@@ -182,8 +227,9 @@ def _block_output(
                 "without padding; use padding 1 or fewer downsampling blocks"
             )
         return block["out"], height - shrink, width - shrink
-    if kind == "pointwise":
-        return block["out"], height, width
+    if kind == "pointwise":  # padding 1 around a 1x1 conv grows the map by 2
+        grow = 2 * block["padding"]
+        return block["out"], height + grow, width + grow
     if height < 2:
         raise SpecError(
             f"{where}: the {height}x{width} feature map is too small to max-pool; "
@@ -198,28 +244,64 @@ def _block_params(block: dict[str, Any]) -> int:
     if kind == "maxpool":
         return 0
     cin, cout = block["in"], block["out"]
+    bn = 2 * cout * block.get("bn", False)  # BatchNorm's weight and bias; transition has none
     if kind == "conv":
-        return cin * cout * 9 + cout * bias + 2 * cout
+        return cin * cout * 9 + cout * bias + bn
     if kind == "pointwise":
-        return cin * cout + cout * bias + 2 * cout
+        return cin * cout + cout * bias + bn
     if kind == "separable":
-        return cin * 9 + cin * bias + cin * cout + cout * bias + 2 * cout
-    return cin * cout + cout * bias  # transition: no BatchNorm
+        return cin * 9 + cin * bias + cin * cout + cout * bias + bn
+    return cin * cout + cout * bias  # transition
+
+
+def _block_macs(
+    block: dict[str, Any], before: tuple[int, int, int], after: tuple[int, int, int]
+) -> int:
+    kind = block["type"]
+    if kind == "maxpool":
+        return 0
+    cin, cout = block["in"], block["out"]
+    _, height, width = after
+    if kind == "conv":
+        return cin * cout * 9 * height * width
+    if kind == "separable":
+        return (cin * 9 + cin * cout) * height * width
+    if kind == "transition":  # the 1x1 conv runs before the pool, at the input's size
+        _, height, width = before
+    return cin * cout * height * width
+
+
+def _head_weights(head: dict[str, Any], last: tuple[int, int, int]) -> int:
+    """Weights of the head's conv or linear layer (biases left out)."""
+    _, height, width = last
+    if head["type"] == "conv3_gap":
+        return head["in"] * NUM_CLASSES * 9
+    if head["type"] == "flatten_linear":
+        return head["in"] * height * width * NUM_CLASSES
+    return head["in"] * NUM_CLASSES
+
+
+def _head_macs(head: dict[str, Any], last: tuple[int, int, int]) -> int:
+    _, height, width = last
+    # Convs before the pooling run at every pixel of the last map (conv3_gap pads it).
+    pixels = height * width if head["type"] in ("conv_gap", "conv3_gap") else 1
+    return _head_weights(head, last) * pixels
 
 
 def analyse(spec: Spec) -> Analysis:
-    """Exact trainable parameter count, shapes and receptive fields of a spec.
+    """Exact trainable parameter count, MACs, shapes and receptive fields of a spec.
 
-    The count is analytic (no module is built), so the search can reject a candidate
-    over the budget before spending anything on it. Receptive fields follow the usual
+    The counts are analytic (no module is built), so the search can reject a candidate
+    over the budget or the compute cap before spending anything on it. Receptive fields follow the usual
     recurrence: a 3x3 conv adds 2 * jump, a 2x2 max-pool adds jump and doubles it.
     """
     spec = normalise(spec)
     shape = INPUT_SHAPE
     rf, jump = 1, 1
-    shapes, fields, block_params = [], [], []
+    shapes, fields, block_params, block_macs = [], [], [], []
     for index, block in enumerate(spec["blocks"]):
-        shape = _block_output(block, shape, _where(index, block["type"]))
+        before, shape = shape, _block_output(block, shape, _where(index, block["type"]))
+        block_macs.append(_block_macs(block, before, shape))
         if block["type"] in ("conv", "separable"):
             rf += 2 * jump
         elif block["type"] in ("transition", "maxpool"):
@@ -229,19 +311,44 @@ def analyse(spec: Spec) -> Analysis:
         fields.append(rf)
         block_params.append(_block_params(block))
     head = spec["head"]
-    head_params = head["in"] * NUM_CLASSES + NUM_CLASSES * head["bias"]
+    head_params = _head_weights(head, shape) + NUM_CLASSES * head["bias"]
+    head_macs = _head_macs(head, shape)
+    if head["type"] == "conv3_gap":
+        rf += 2 * jump
     return Analysis(
         params=sum(block_params) + head_params,
         block_params=block_params,
         head_params=head_params,
         shapes=shapes,
         receptive_fields=fields,
+        macs=sum(block_macs) + head_macs,
+        block_macs=block_macs,
+        head_macs=head_macs,
+        head_receptive_field=rf,
     )
 
 
 def param_count(spec: Spec) -> int:
     """Exact number of trainable parameters of the network ``build(spec)`` returns."""
     return analyse(spec).params
+
+
+def mac_count(spec: Spec) -> int:
+    """Exact multiply-accumulates of one image's forward pass through ``build(spec)``."""
+    return analyse(spec).macs
+
+
+def compact(spec: Spec) -> Spec:
+    """The normalised spec without the options added later (``bn``, ``dropout_kind``, a
+    pointwise block's ``padding``, a max-pool's ``dropout``) where they hold their default:
+    a spec written before those options existed comes out exactly as it was written."""
+    spec = normalise(spec)
+    blocks = []
+    for block in spec["blocks"]:
+        defaults = _BLOCK_FIELDS[block["type"]]
+        quiet = {k for k in _LATER_OPTIONS[block["type"]] if block[k] == defaults[k]}
+        blocks.append({k: v for k, v in block.items() if k not in quiet})
+    return {"blocks": blocks, "head": spec["head"]}
 
 
 def to_json(spec: Spec) -> str:

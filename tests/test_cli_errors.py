@@ -55,12 +55,13 @@ HINT = {
     "budget": r"--budget: must be a positive integer",
     "epochs": r"--epochs: must be a positive integer",
     "target": r"--target: must be a percentage in \(0, 100\]",
-    "pruner": r"--pruner must be one of median, halving, hyperband, none",
+    "pruner": r"--pruner must be one of rungs, median, halving, hyperband, none",
     "device": r"device must be auto, cpu or cuda",
     "no cuda": r"CUDA is not available here; use cpu or auto",
     "workers": r"--workers: must be a positive integer",
     "malformed url": r"is not a database URL; use e\.g\. sqlite:///studies\.db",
     "sqlite url": r"write SQLite URLs as sqlite:///path/to/file\.db",
+    "postgres scheme": r"names the scheme postgresql://, not postgres://",
     "unreachable": r"check the URL and that the database server is running"
     if HAS_POSTGRES_DRIVER
     else r"needs a database driver that is not installed \(psycopg2?\); install it",
@@ -300,6 +301,9 @@ STORAGE = {
     "malformed search": Case(["search", "--storage", "nonsense"], "malformed url", **FRESH),
     "malformed studies": Case(["studies", "--storage", "nonsense"], "malformed url", **FRESH),
     "sqlite two slashes": Case(["studies", "--storage", "sqlite://x.db"], "sqlite url", **FRESH),
+    "postgres scheme": Case(
+        ["search", "--storage", "postgres://postgres@127.0.0.1/x"], "postgres scheme", **FRESH
+    ),
     "sqlite missing folder": Case(
         ["search", "--storage", "sqlite:///nowhere/studies.db"], "no folder", **FRESH
     ),
@@ -387,9 +391,6 @@ OUTPUTS = {
     ),
     "report out under a file": Case(
         ["report", "done", "--out", "blocker/report.html"], "unwritable", setup=["blocker"]
-    ),
-    "report out in a missing folder": Case(
-        ["report", "done", "--out", "nowhere/report.html"], "unwritable"
     ),
     "report out is a folder": Case(
         ["report", "done", "--out", "reports"], "folder out", setup=["reports"]
@@ -502,6 +503,41 @@ def test_export_over_an_existing_target_works_with_force(
     assert f"PARAMS = {analyse(ZOO['ref7676']).params}" in source
     assert (tmp_path / "mine.pt").stat().st_size > 0
     assert not list(tmp_path.glob(".mine*"))  # no staging files left
+
+
+def test_export_after_a_confirmation_that_missed_the_target_says_what_to_do(
+    template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    study = optuna.load_study(study_name="done", storage=f"sqlite:///{tmp_path}/studies.db")
+    missed = {
+        "trial": 0, "params": 7676, "val_accuracy": 98.5, "epochs": 1, "seeds": [0, 1],
+        "test_accuracy": [98.6, 98.8], "seconds": 2.0, "weights": "x", "weights_seed": 0,
+        "target": 99.4,
+    }  # fmt: skip
+    study.set_user_attr("confirmations", {"0": missed})
+    code, _, err = run(["export", "done"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "none of the 1 confirmed trial(s)" in err and "mean test 98.70%" in err
+    assert "budgetnas confirm" not in err  # confirmation already ran: it would change nothing
+    assert "run more trials" in err and "--epochs" in err and "--trial N" in err
+
+
+@needs_data
+def test_a_search_where_no_candidate_fits_says_so_and_what_to_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["search", "--budget", "500", "--trials", "2", "--data-dir", DATA]
+    code, out, err = run([*argv, "--train-subset", "500", "--val-size", "500"], capsys)
+    assert code == 1, err
+    assert "no candidate fits: of 2 trials, 2 were over the budget of 500 parameters" in out
+    assert "raise --budget or --max-macs" in out
+    assert "Traceback" not in err
 
 
 @needs_data

@@ -193,13 +193,22 @@ def test_sigkill_mid_trial_is_failed_retried_and_resume_loses_nothing(tmp_path: 
     print(f"killed trial {victim.number}; resume ran {resumed_seconds:.1f} s")
 
 
+STOPS = {  # signal: (exit code, what the terminal says, the failed trial's recorded reason)
+    "SIGINT": (130, "interrupted", "interrupted (Ctrl-C)"),
+    "SIGTERM": (143, "terminated (SIGTERM)", "terminated (SIGTERM)"),
+}
+
+
 @needs_data
 @pytest.mark.parametrize("workers", [1, 2])
-def test_ctrl_c_fails_the_running_trials_and_the_same_command_resumes(
-    tmp_path: Path, workers: int
+@pytest.mark.parametrize("sent_signal", list(STOPS))
+def test_ctrl_c_or_sigterm_fails_the_running_trials_and_the_same_command_resumes(
+    tmp_path: Path, workers: int, sent_signal: str
 ) -> None:
-    """With --workers 2 the SIGINT goes to the main process only, as with ``kill -INT``;
-    it must pass it on to the spawned worker, whose trial is failed and queued too."""
+    """With --workers 2 the signal goes to the main process only, as with ``kill``; it
+    must pass it on to the spawned worker, whose trial is failed and queued too. SIGTERM
+    is what kill, timeout, systemd, Docker and SLURM send: it is handled as Ctrl-C is."""
+    code, said, reason = STOPS[sent_signal]
     # With two workers: longer trials and enough of them that the spawned worker, which
     # starts seconds later, is training while the main one still is.
     trials, images = (2, 1000) if workers == 1 else (4, 3000)
@@ -212,17 +221,17 @@ def test_ctrl_c_fails_the_running_trials_and_the_same_command_resumes(
 
     wait_for(tmp_path, first, all_workers_training)
     sent = time.monotonic()
-    first.send_signal(signal.SIGINT)
+    first.send_signal(getattr(signal, sent_signal))
     out, err = first.communicate(timeout=300)  # the pipes close once every worker is gone
     stop_seconds = time.monotonic() - sent
 
-    assert first.returncode == 130, out + err
-    assert "interrupted" in err
+    assert first.returncode == code, out + err
+    assert said in err
     assert shlex.join(["budgetnas", *args]) in err  # how to resume: the same command
     assert "Traceback" not in err
     stopped = trials_of(tmp_path)
     assert not [t for t in stopped if t.state == TrialState.RUNNING]
-    interrupted = [t for t in stopped if t.user_attrs.get("fail_reason") == "interrupted (Ctrl-C)"]
+    interrupted = [t for t in stopped if t.user_attrs.get("fail_reason") == reason]
     assert len(interrupted) == workers
     assert all(t.state == TrialState.FAIL for t in interrupted)
     # Each interrupted candidate waits to run again (one is the warm-start reference net).
@@ -239,7 +248,7 @@ def test_ctrl_c_fails_the_running_trials_and_the_same_command_resumes(
         assert rerun[0].user_attrs["spec"] == trial.user_attrs["spec"]
         assert "fail_reason" not in rerun[0].user_attrs
     assert_no_candidate_trained_twice(resumed)
-    print(f"Ctrl-C stopped {workers} worker(s) in {stop_seconds:.1f} s")
+    print(f"{sent_signal} stopped {workers} worker(s) in {stop_seconds:.1f} s")
 
 
 @pytest.fixture
@@ -270,7 +279,7 @@ def in_process_config(folder: Path, trials: int) -> SearchConfig:
 def reference_net(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every sampled trial trains ref7676 (under the budget), so each one really trains."""
     monkeypatch.setattr(
-        search.objective, "sample_architecture", lambda trial, budget: ZOO["ref7676"]
+        search.objective, "sample_architecture", lambda trial, budget, cap: ZOO["ref7676"]
     )
 
 
@@ -281,11 +290,15 @@ def test_a_diverging_loss_prunes_that_trial_with_the_reason_and_the_study_goes_o
 ) -> None:
     reference_net(monkeypatch)
 
-    def recipe(trial: optuna.Trial, epochs: int) -> Recipe:
-        lr = 1e8 if trial.number == 0 else 0.1  # SGD at lr 1e8 overflows within steps
+    calls = []
+
+    def recipe(epochs: int) -> Recipe:
+        calls.append(epochs)
+        lr = 1e8 if len(calls) == 1 else 0.1  # SGD at lr 1e8 overflows within steps
         return Recipe(epochs=epochs, lr=lr)
 
-    monkeypatch.setattr(search.objective, "sample_recipe", recipe)
+    # The first training (trial 0's, with pruner "none" the only one it has) diverges.
+    monkeypatch.setattr(search.objective, "search_recipe", recipe)
     study = run_search(in_process_config(tmp_path, trials=2))
 
     trials = study.get_trials()
@@ -319,3 +332,46 @@ def test_cuda_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_
     assert "CUDA out of memory" in trials[0].user_attrs["fail_reason"]
     assert "CUDA out of memory" in capsys.readouterr().out  # the progress line says why
     assert all(weights_file(tmp_path, t).is_file() for t in trials[1:])
+
+
+@needs_data
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 42949672960 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        MemoryError(),
+    ],
+    ids=["torch allocator", "MemoryError"],
+)
+def test_cpu_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_on(
+    error: BaseException,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reference_net(monkeypatch)
+    real_train = search.objective.train
+    calls = []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", train)
+    study = run_search(in_process_config(tmp_path, trials=2))
+
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    reason = trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("out of memory (CPU): ")
+    if isinstance(error, RuntimeError):
+        assert "you tried to allocate 42949672960 bytes" in reason
+    assert "out of memory (CPU)" in capsys.readouterr().out  # the progress line says why
+    assert all(weights_file(tmp_path, t).is_file() for t in trials[1:])
+    assert all(t.user_attrs["precision"] == "fp32" for t in trials)  # recorded, like "device"

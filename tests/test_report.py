@@ -41,6 +41,7 @@ def trained(
         user_attrs={
             "spec": {"blocks": [], "head": {"type": "gap_linear"}},
             "params": params,
+            "macs": params * 100,
             "receptive_field": 20,
             "recipe": {"epochs": 3},
             "curve": [
@@ -116,11 +117,12 @@ def test_report_has_every_section_in_one_offline_file(tmp_path):
         "Accuracy against parameters",
         "Optimization history",
         "Parameter importances",
-        "Validation accuracy per epoch (top 4 trials)",
+        "Validation accuracy per epoch of the full training (top 4 trials)",
         "Pareto front",
         "budget 8,000 params",
         "target 99.4%",
-        "confirmed test mean",
+        "confirmed: test mean over seeds",
+        "M MACs",
         "Confirmed on the test set",
         "winner",
     ):
@@ -144,11 +146,20 @@ def test_report_replaces_an_older_one(tmp_path):
 def test_accuracy_plot_shows_trials_that_have_an_accuracy(tmp_path):
     figure = accuracy_figure(make_study(tmp_path))
     traces = {trace.name: trace for trace in figure.data}
-    assert set(traces) == {"complete", "pruned", "Pareto front", "confirmed test mean"}
+    complete = "trial: validation accuracy"
+    stopped = "trial stopped early: last validation accuracy"
+    confirmed = "confirmed: test mean over seeds (bar: min to max)"
+    assert set(traces) == {complete, stopped, "Pareto front (validation)", confirmed}
     # The pruner's loser shows at its last epoch; the trial over budget never trained.
-    assert list(traces["pruned"].x) == [3000] and list(traces["pruned"].y) == [96.7]
-    assert list(traces["Pareto front"].x) == [5200, 6100, 7400]
-    assert list(traces["confirmed test mean"].x) == [7400, 6100]
+    assert list(traces[stopped].x) == [3000] and list(traces[stopped].y) == [96.7]
+    assert list(traces["Pareto front (validation)"].x) == [5200, 6100, 7400]
+    assert list(traces[confirmed].x) == [7400, 6100]
+    # Compute is the colour of the completed trials, on a labelled scale.
+    assert list(traces[complete].marker.color) == [0.52, 0.74, 0.79, 0.61]
+    assert traces[complete].marker.colorbar.title.text == "M MACs / image"
+    # Test means are not validation accuracies: the axis and the legend say which is which.
+    assert "validation" in figure.layout.yaxis.title.text
+    assert "test" in figure.layout.yaxis.title.text
 
 
 def test_pareto_front_keeps_only_undominated_completed_trials(tmp_path):
@@ -187,7 +198,12 @@ def test_study_without_completed_trial_is_refused(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "folder", "missing_folder", "proc"])
+def test_a_missing_folder_is_created_as_export_does(tmp_path):
+    out = tmp_path / "reports" / "today" / "report.html"
+    assert write_report(make_study(tmp_path), out) == out and out.is_file()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "folder", "proc"])
 def test_unwritable_path_is_refused_and_leaves_nothing(tmp_path, where):
     study = make_study(tmp_path)
     (tmp_path / "file").write_text("")
@@ -195,11 +211,10 @@ def test_unwritable_path_is_refused_and_leaves_nothing(tmp_path, where):
     out = {
         "under_a_file": tmp_path / "file" / "report.html",
         "folder": tmp_path / "folder",
-        "missing_folder": tmp_path / "missing" / "report.html",
         "proc": Path("/proc/budgetnas-report.html"),
     }[where]
     before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(UsageError, match="cannot write report") as error:
+    with pytest.raises(UsageError, match="cannot write .*; pass another --out") as error:
         write_report(study, out)
     assert "\n" not in str(error.value)
     assert sorted(tmp_path.rglob("*")) == before

@@ -1,0 +1,163 @@
+"""The search benchmark: budgetnas's default search against the conventional one, same clock.
+
+Arm "budgetnas" is ``budgetnas search`` as shipped: the rungs of ``search.plan`` under
+successive halving. Arm "conventional" is what users write from Optuna's PyTorch
+example: TPE with a median pruner, one full-length training per trial with the same
+recipe, validation accuracy reported every epoch. Both sample the same space under the
+same budget and compute cap from scratch (no warm start), so the difference is the
+search plan alone. They run at the same time, one core each on a CPU (or sharing one
+GPU), for the same wall-clock time, each into its own study of one SQLite file that the
+dashboard opens.
+
+The result is a plotly HTML page of the best full-cap validation accuracy against wall
+time for both arms, and for each arm the time to its first candidate at or above the
+target.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+from typing import TextIO
+
+import optuna
+import plotly.graph_objects as go
+import torch
+from optuna.trial import TrialState
+
+from search.storage import UsageError, open_storage
+from search.study import SearchConfig, clock, create_or_resume, run_search
+
+ARMS = {"budgetnas": "rungs", "conventional": "median"}
+STARTED = "bench_started"  # study user attribute: time.time() when its arm started
+
+
+def _arm(config: SearchConfig, threads: int) -> None:
+    """One arm in its own process: the study is created by ``run_search`` and stamped
+    with the arm's start time so that the curves share a clock."""
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.time()
+    study = create_or_resume(config)
+    if STARTED not in study.user_attrs:
+        study.set_user_attr(STARTED, started)
+    run_search(config)
+
+
+def run_bench_search(
+    out_dir: str | Path,
+    *,
+    minutes: float = 45,
+    budget: int = 8000,
+    epochs: int = 15,
+    target: float = 99.4,
+    data_dir: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    out: TextIO | None = None,
+) -> dict[str, dict]:
+    """Run both arms side by side for ``minutes`` and write ``out_dir``/bench_search.db,
+    .html and the arms' logs; returns each arm's summary (see ``summarise``)."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        raise UsageError(f"--out {folder} is not a folder; create it or pass another")
+    storage = f"sqlite:///{folder / 'bench_search.db'}"
+    configs = {
+        arm: SearchConfig(
+            budget=budget,
+            epochs=epochs,
+            target=target,
+            trials=100_000,  # the clock ends each arm, not a trial count
+            study=f"bench-{arm}-{budget}p-{epochs}e",
+            storage=storage,
+            artifacts=str(folder / "artifacts"),
+            data_dir=data_dir,
+            device=device,
+            seed=seed,
+            timeout=minutes * 60,
+            pruner=pruner,
+        )
+        for arm, pruner in ARMS.items()
+    }
+    for config in configs.values():
+        config.check()
+    threads = max(1, torch.get_num_threads() // len(configs))
+    print(
+        f"bench search: {', '.join(configs)} side by side for {minutes:g} min, "
+        f"{threads} thread(s) each, budget {budget:,}, {epochs} epochs, into {storage}",
+        file=out,
+        flush=True,
+    )
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_arm, args=(config, threads), name=arm)
+        for arm, config in configs.items()
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    summaries = {}
+    for arm, config in configs.items():
+        study = optuna.load_study(
+            study_name=config.study_name, storage=open_storage(storage, heartbeat_interval=None)
+        )
+        summaries[arm] = summarise(study, target)
+        reached = summaries[arm]["time_to_target_s"]
+        print(
+            f"{arm:>12}: best val {summaries[arm]['best']:.2f}% "
+            f"({summaries[arm]['complete']} complete of {summaries[arm]['trials']} trials); "
+            f"first >= {target}% at {clock(reached) if reached is not None else 'never'}",
+            file=out,
+            flush=True,
+        )
+    write_figure(summaries, target, folder / "bench_search.html")
+    print(f"wrote {folder / 'bench_search.html'}", file=out, flush=True)
+    return summaries
+
+
+def summarise(study: optuna.Study, target: float) -> dict:
+    """Best full-cap validation accuracy against seconds since the arm started."""
+    started = study.user_attrs[STARTED]
+    complete = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        key=lambda t: t.datetime_complete,
+    )
+    times, best_so_far, best = [], [], float("-inf")
+    time_to_target = None
+    for trial in complete:
+        at = trial.datetime_complete.timestamp() - started
+        best = max(best, trial.value)
+        times.append(round(at, 1))
+        best_so_far.append(best)
+        if time_to_target is None and trial.value >= target:
+            time_to_target = at
+    return {
+        "study": study.study_name,
+        "trials": len(study.get_trials(deepcopy=False)),
+        "complete": len(complete),
+        "best": best if complete else float("nan"),
+        "seconds": times,
+        "best_so_far": best_so_far,
+        "time_to_target_s": time_to_target,
+    }
+
+
+def write_figure(summaries: dict[str, dict], target: float, path: Path) -> None:
+    figure = go.Figure()
+    for arm, summary in summaries.items():
+        figure.add_scatter(
+            name=f"{arm} ({summary['study']})",
+            mode="lines+markers",
+            line={"shape": "hv"},
+            x=[s / 60 for s in summary["seconds"]],
+            y=summary["best_so_far"],
+        )
+    figure.add_hline(y=target, line_dash="dot", annotation_text=f"target {target}%")
+    figure.update_layout(
+        title="Best full-cap validation accuracy against wall time",
+        xaxis_title="minutes since the arm started",
+        yaxis_title="best validation accuracy (%)",
+    )
+    figure.write_html(path, include_plotlyjs=True)

@@ -1,0 +1,99 @@
+"""What a search will cost, said before it trains anything.
+
+A few training steps of ref7676 on the search's device give images per second at a
+known compute (1.14 M MACs per image); a candidate's epoch is scaled from that by its
+MACs. The plan says how many epochs a trial trains on average: under the rungs, each
+rung is reached by one trial in ``PROMOTE_ONE_IN`` of those that ran the rung before.
+It is a rough figure (time is not only MACs: narrow layers at 28x28 are slower per MAC)
+and the progress line replaces it with the measured pace as soon as trials finish.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from search.data import Split
+from search.plan import PROMOTE_ONE_IN, rungs_for
+from search.train import Recipe, train
+from space import ZOO, analyse, build
+
+CALIBRATION_STEPS = 12
+TYPICAL_CAP_SHARE = 0.65  # a sampled candidate's median MACs, as a share of the cap
+PRUNED_SHARE = 0.5  # epochs a one-training-per-trial pruner lets a trial run, on average
+CONFIRM_IMAGES = 60_000
+
+
+@dataclass
+class CostEstimate:
+    epoch_seconds: float  # of a typical candidate on the whole fit split
+    epochs_per_trial: float
+    trials: int
+    workers: int
+    confirm_seconds: float
+
+    @property
+    def trial_seconds(self) -> float:
+        return self.epoch_seconds * self.epochs_per_trial
+
+    @property
+    def search_seconds(self) -> float:
+        return self.trial_seconds * self.trials / self.workers
+
+    def line(self) -> str:
+        confirm = (
+            f" + about {self.confirm_seconds / 60:.0f} min to confirm"
+            if self.confirm_seconds
+            else ""
+        )
+        return (
+            f"cost estimate: about {self.search_seconds / 60:.0f} min for {self.trials} trials "
+            f"({self.epochs_per_trial:.1f} epochs each on average, ~{self.epoch_seconds:.0f} s "
+            f"per epoch){confirm}; the ETA below follows the measured pace"
+        )
+
+
+def images_per_second(fit: Split, device: torch.device) -> float:
+    """Training throughput of ref7676 over a few steps of the engine on ``device``."""
+    batch = Recipe().batch_size
+    count = min(len(fit), batch * CALIBRATION_STEPS)
+    sample = Split(fit.images[:count], fit.labels[:count])
+    tiny = Split(fit.images[:batch], fit.labels[:batch])
+    torch.manual_seed(0)
+    model = build(ZOO["ref7676"])
+    started = time.perf_counter()
+    train(model, sample, tiny, Recipe(epochs=1), device=device)
+    return count / (time.perf_counter() - started)
+
+
+def estimate_cost(
+    *,
+    fit: Split,
+    device: torch.device,
+    epochs: int,
+    trials: int,
+    pruner: str,
+    mac_cap: int,
+    workers: int = 1,
+    confirm_seeds: int = 0,
+    train_subset: int | None = None,
+) -> CostEstimate:
+    """The estimate for a search of ``trials`` trials on ``fit`` (see the module doc)."""
+    rate = images_per_second(fit, device)
+    reference_macs = analyse(ZOO["ref7676"]).macs
+    epoch_seconds = len(fit) / rate * (TYPICAL_CAP_SHARE * mac_cap / reference_macs)
+    if pruner == "rungs":
+        rungs = rungs_for(epochs, len(fit))
+        epochs_per_trial = sum(
+            rung.epochs * (rung.images or len(fit)) / len(fit) / PROMOTE_ONE_IN**k
+            for k, rung in enumerate(rungs)
+        )
+    elif pruner == "none":
+        epochs_per_trial = float(epochs)
+    else:
+        epochs_per_trial = epochs * PRUNED_SHARE
+    confirm_images = train_subset or CONFIRM_IMAGES
+    confirm_seconds = confirm_seeds * epochs * epoch_seconds * confirm_images / len(fit)
+    return CostEstimate(epoch_seconds, epochs_per_trial, trials, workers, confirm_seconds)

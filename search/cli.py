@@ -278,6 +278,12 @@ def build_parser() -> Parser:
     confirm.add_argument(
         "--seeds", type=_positive_int, default=3, help="trainings per confirmed trial"
     )
+    confirm.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="seeds trained side by side in processes sharing the cores",
+    )
     confirm.set_defaults(run=cmd_confirm)
 
     studies = commands.add_parser("studies", help="list the studies in a storage")
@@ -595,6 +601,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty(),
             deadline=deadline,
             precision=config.precision,
+            workers=config.workers,
         )
         return _print_selection(study, results, args.storage)
     finally:
@@ -688,8 +695,9 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         data_dir=args.data_dir,
         device=device,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty() and args.workers == 1,
         precision=args.precision,
+        workers=args.workers,
     )
     return _print_selection(study, results, args.storage)
 
@@ -739,7 +747,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "val": "val %",
                 "test_mean": "test mean %",
                 "test_min": "test min %",
-                "epochs": "epochs",
+                "reached": "trained to",
                 "state": "state",
                 "selected": "selected",
             },

@@ -9,9 +9,12 @@ the test set gates the claim but never picks the winner.
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
@@ -21,9 +24,9 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from search.data import confirm_data
+from search.data import Split, confirm_data
 from search.storage import UsageError, artifact_store
-from search.train import Recipe, train
+from search.train import Recipe, TrainResult, train
 from space import build
 
 CONFIRMATIONS = "confirmations"  # study user attribute: {trial number: Confirmation}
@@ -96,13 +99,17 @@ def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
     return complete[:k]
 
 
-def confirmation_seconds(trial: FrozenTrial, seeds: int, train_subset: int | None) -> float:
+def confirmation_seconds(
+    trial: FrozenTrial, seeds: int, train_subset: int | None, workers: int = 1
+) -> float:
     """What confirming ``trial`` should cost: its full training's measured seconds, scaled
-    from the fit split to the confirmation's training set, once per seed."""
+    from the fit split to the confirmation's training set, once per round of ``workers``
+    seeds side by side."""
     curve = trial.user_attrs.get("curve") or []
     fit_images = trial.user_attrs.get("fit_images") or 50_000
     seconds = sum(epoch["seconds"] for epoch in curve)
-    return seconds * (train_subset or CONFIRM_IMAGES) / fit_images * seeds
+    rounds = math.ceil(seeds / max(1, min(workers, seeds)))
+    return seconds * (train_subset or CONFIRM_IMAGES) / fit_images * rounds
 
 
 def within_reach(trial: FrozenTrial, target: float) -> bool:
@@ -122,6 +129,7 @@ def confirm_study(
     out: TextIO | None = None,  # None: whatever sys.stdout is at print time
     deadline: float | None = None,  # time.monotonic() by which confirmation must end
     precision: str = "auto",  # autocast dtype of training (search.train.autocast_dtype)
+    workers: int = 1,  # seeds trained side by side (processes splitting the CPU cores)
 ) -> list[Confirmation]:
     """Retrain the best trials with ``seeds`` seeds on the full training set and record
     their final-epoch test accuracy in the study, best validation accuracy first, until
@@ -164,7 +172,7 @@ def confirm_study(
                 flush=True,
             )
             continue
-        cost = confirmation_seconds(trial, seeds, subset)
+        cost = confirmation_seconds(trial, seeds, subset, workers)
         if deadline is not None and time.monotonic() + cost > deadline:
             print(
                 f"skipping trial {trial.number}: confirming it takes about {cost / 60:.0f} min, "
@@ -179,29 +187,23 @@ def confirm_study(
             flush=True,
         )
         recipe = Recipe(**trial.user_attrs["recipe"])
-        accuracies, weights, seconds = [], [], 0.0
-        for seed in range(seeds):
-            torch.manual_seed(seed)
-            model = build(trial.user_attrs["spec"])
-            result = train(
-                model,
-                train_set,
-                test_set,
-                recipe,
-                seed=seed,
-                device=device,
-                on_epoch=None if progress else _epoch_printer(seed, recipe.epochs, out),
-                progress=progress,
-                precision=precision,
-            )
-            accuracies.append(result.accuracy)
-            weights.append(result.state_dict)
-            seconds += result.seconds
-            print(
-                f"  seed {seed}: test {result.accuracy:.2f}% ({result.seconds:.0f} s)",
-                file=out,
-                flush=True,
-            )
+        runs = _train_seeds(
+            trial.user_attrs["spec"],
+            recipe,
+            seeds,
+            train_set,
+            test_set,
+            device=device,
+            precision=precision,
+            progress=progress,
+            out=out,
+            workers=workers,
+            data=(data_dir, subset),
+        )
+        accuracies = [run.accuracy for run in runs]
+        weights = [run.state_dict for run in runs]
+        seconds = sum(run.seconds for run in runs)
+        result = runs[0]
         # Ship the seed closest to the median: representative, not the lucky one.
         median_seed = sorted(range(seeds), key=lambda s: accuracies[s])[(seeds - 1) // 2]
         artifact = _upload_weights(
@@ -229,6 +231,93 @@ def confirm_study(
         if record.selected:
             break
     return results
+
+
+def _train_seeds(
+    spec: dict,
+    recipe: Recipe,
+    seeds: int,
+    train_set: Split,
+    test_set: Split,
+    *,
+    device: torch.device | str,
+    precision: str,
+    progress: bool,
+    out: TextIO | None,
+    workers: int,
+    data: tuple[str | None, int | None],
+) -> list[TrainResult]:
+    """Train ``spec`` once per seed, in this process or ``workers`` spawned processes
+    side by side (each loads the data itself and takes its share of the CPU threads)."""
+
+    def said(seed: int, result: TrainResult) -> TrainResult:
+        print(
+            f"  seed {seed}: test {result.accuracy:.2f}% ({result.seconds:.0f} s)",
+            file=out,
+            flush=True,
+        )
+        return result
+
+    if workers <= 1 or seeds == 1:
+        return [
+            said(
+                seed,
+                _train_seed(
+                    spec, recipe, seed, train_set, test_set, device, precision, progress, out
+                ),
+            )
+            for seed in range(seeds)
+        ]
+    processes = min(workers, seeds)
+    threads = max(1, torch.get_num_threads() // processes)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        futures = [
+            pool.submit(_seed_process, spec, recipe, seed, data, str(device), precision, threads)
+            for seed in range(seeds)
+        ]
+        return [said(seed, future.result()) for seed, future in enumerate(futures)]
+
+
+def _train_seed(
+    spec: dict,
+    recipe: Recipe,
+    seed: int,
+    train_set: Split,
+    test_set: Split,
+    device: torch.device | str,
+    precision: str,
+    progress: bool,
+    out: TextIO | None,
+) -> TrainResult:
+    torch.manual_seed(seed)
+    return train(
+        build(spec),
+        train_set,
+        test_set,
+        recipe,
+        seed=seed,
+        device=device,
+        on_epoch=None if progress else _epoch_printer(seed, recipe.epochs, out),
+        progress=progress,
+        precision=precision,
+    )
+
+
+def _seed_process(
+    spec: dict,
+    recipe: Recipe,
+    seed: int,
+    data: tuple[str | None, int | None],
+    device: str,
+    precision: str,
+    threads: int,
+) -> TrainResult:
+    """One seed in a spawned process: the same training as in the parent."""
+    torch.set_num_threads(threads)
+    data_dir, subset = data
+    train_set, test_set = confirm_data(data_dir, device, train_subset=subset)
+    return _train_seed(spec, recipe, seed, train_set, test_set, device, precision, False, None)
 
 
 def _epoch_printer(seed: int, epochs: int, out):

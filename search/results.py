@@ -94,12 +94,23 @@ def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:
                 "val": trial.value,
                 "test_mean": confirmation.mean if confirmation else None,
                 "test_min": confirmation.min if confirmation else None,
-                "epochs": len(trial.user_attrs.get("curve", [])),
+                "reached": reached(trial),
                 "state": trial.state.name,
                 "selected": bool(confirmation and confirmation.selected),
             }
         )
     return rows
+
+
+def reached(trial: FrozenTrial) -> str:
+    """How far a trial trained: the full cap, the last rung it ran, or its last epoch."""
+    if trial.state == TrialState.COMPLETE:
+        return f"{len(trial.user_attrs.get('curve', []))} epochs"
+    rungs = [label for label in trial.user_attrs.get("curves", {}) if label != "full"]
+    if rungs and "curve" not in trial.user_attrs:
+        return rungs[-1]
+    curve = trial.user_attrs.get("curve", [])
+    return f"epoch {len(curve)}" if curve else "-"
 
 
 def find_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, Confirmation | None]:

@@ -464,7 +464,7 @@ def _confirmation_reserve(study: optuna.Study, config: SearchConfig) -> float:
     best = top_trials(study, 1)
     if not best or not within_reach(best[0], config.target):
         return 0.0
-    return confirmation_seconds(best[0], config.confirm_seeds, config.train_subset)
+    return confirmation_seconds(best[0], config.confirm_seeds, config.train_subset, config.workers)
 
 
 def _requeue_interrupted(study: optuna.Study, number: int) -> None:

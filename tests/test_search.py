@@ -14,15 +14,16 @@ from optuna.trial import TrialState, create_trial
 from real_mnist import DATA, needs_data
 
 from search.cli import main
-from search.confirm import confirmations, selected
+from search.confirm import _train_seeds, confirmations, selected
 from search.data import confirm_data, resolve_data_dir, search_data
 from search.objective import Objective, OutOfTime
 from search.plan import rungs_for
+from search.results import reached
 from search.sampler import default_max_macs, sample_architecture
 from search.storage import open_storage
 from search.study import Progress, SearchConfig, _requeue_out_of_time, create_or_resume
-from search.train import evaluate
-from space import analyse, build, normalise
+from search.train import Recipe, evaluate
+from space import ZOO, analyse, build, normalise
 
 
 def test_eta_waits_for_a_trained_trial_and_respects_the_timeout():
@@ -291,3 +292,45 @@ def test_report_is_written(searched):
     assert main(["report", "mnist-8000p-1e", "--out", str(folder / "report.html")]) == 0
     html = (folder / "report.html").read_text()
     assert "plotly" in html.lower() and "mnist-8000p-1e" in html
+
+
+def test_show_says_how_far_each_trial_trained():
+    curve = [{"epoch": e, "val_accuracy": 90.0, "seconds": 1.0} for e in (1, 2, 3)]
+    complete = create_trial(value=98.0, user_attrs={"curve": curve})
+    at_rung = create_trial(
+        state=TrialState.PRUNED,
+        intermediate_values={1: 90.0, 3: 95.0},
+        user_attrs={"curves": {"1-epoch rung": curve[:1], "3-epoch rung": curve}},
+    )
+    at_epoch = create_trial(
+        state=TrialState.PRUNED, intermediate_values={1: 90.0}, user_attrs={"curve": curve[:1]}
+    )
+    over = create_trial(state=TrialState.PRUNED, user_attrs={"pruned_reason": "> budget"})
+    assert [reached(t) for t in (complete, at_rung, at_epoch, over)] == [
+        "3 epochs",
+        "3-epoch rung",
+        "epoch 1",
+        "-",
+    ]
+
+
+@needs_data
+def test_confirmation_trains_seeds_side_by_side_in_processes():
+    train_set, test_set = confirm_data(DATA, "cpu", train_subset=300)
+    runs = _train_seeds(
+        normalise(ZOO["ref7676"]),
+        Recipe(epochs=1),
+        2,
+        train_set,
+        test_set,
+        device="cpu",
+        precision="auto",
+        progress=False,
+        out=io.StringIO(),
+        workers=2,
+        data=(DATA, 300),
+    )
+    assert len(runs) == 2 and all(0 <= run.accuracy <= 100 for run in runs)
+    # Each process trained its own seed: the two initialisations differ.
+    first, second = (run.state_dict["conv1.weight"] for run in runs)
+    assert not torch.equal(first, second)

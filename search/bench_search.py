@@ -55,6 +55,7 @@ def run_bench_search(
     data_dir: str | None = None,
     device: str = "auto",
     seed: int = 0,
+    train_subset: int | None = None,
     out: TextIO | None = None,
 ) -> dict[str, dict]:
     """Run both arms side by side for ``minutes`` and write ``out_dir``/bench_search.db,
@@ -76,12 +77,15 @@ def run_bench_search(
             device=device,
             seed=seed,
             timeout=minutes * 60,
+            train_subset=train_subset,
             pruner=pruner,
         )
         for arm, pruner in ARMS.items()
     }
     for config in configs.values():
         config.check()
+        # Created here, one after the other: two processes creating one SQLite schema race.
+        create_or_resume(config)
     threads = max(1, torch.get_num_threads() // len(configs))
     print(
         f"bench search: {', '.join(configs)} side by side for {minutes:g} min, "

@@ -444,6 +444,11 @@ def build_parser() -> Parser:
         default="results",
         help="folder for bench_search.db, .html and artifacts (default: %(default)s)",
     )
+    race.add_argument(
+        "--train-subset",
+        type=_positive_int,
+        help="train on the first N fit images, for quick looks (default: all 50,000)",
+    )
     _add_data(race)
     race.set_defaults(run=cmd_bench_search)
 
@@ -815,6 +820,7 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         target=args.target,
         data_dir=args.data_dir,
         device=args.device,
+        train_subset=args.train_subset,
     )
     return 0
 

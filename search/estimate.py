@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from search.confirm import CONFIRM_IMAGES
 from search.data import Split
 from search.plan import PROMOTE_ONE_IN, rungs_for
 from search.train import Recipe, train
@@ -23,7 +24,6 @@ from space import ZOO, analyse, build
 CALIBRATION_STEPS = 12
 TYPICAL_CAP_SHARE = 0.65  # a sampled candidate's median MACs, as a share of the cap
 PRUNED_SHARE = 0.5  # epochs a one-training-per-trial pruner lets a trial run, on average
-CONFIRM_IMAGES = 60_000
 
 
 @dataclass

@@ -1,15 +1,22 @@
 """Map an Optuna trial to a candidate: an architecture spec, trained with one fixed recipe.
 
 The space is fixed-size (every trial suggests the same parameters) so that Optuna's
-multivariate TPE can model how they interact. A candidate is three stages of 3x3
-blocks joined by downsampling, then an optional 1x1 squeeze and a GAP head:
+multivariate TPE can model how they interact. A candidate is two or three stages of
+3x3 blocks joined by downsampling, then an optional 1x1 squeeze and a GAP head:
 
-    stage 1 (28x28) -> down -> stage 2 (~13x13) -> down -> stage 3 (~6x6) -> [1x1] -> head
+    stage 1 (28x28) -> down -> stage 2 (~13x13) [-> down -> stage 3 (~6x6)] -> [1x1] -> head
 
 It holds the plain conv stacks that do well at these budgets (narrow early stages, two
 max-pools or ref7676's 1x1 + max-pool transitions, bias on or off, GAP + 1x1 head) and
 a separable family whose depthwise blocks are kept out of the 28x28 stage, where they
 are slow per epoch for what they learn.
+
+Two choices come from the fidelity study (results/fidelity.jsonl, README): at the
+default compute cap the 28x28 stage spends most of a candidate's MACs, so sampled 8k
+candidates ended at 3-5.5k parameters and none reached ref7676 (99.34% validation
+against the sample's best 99.23%). ref7676 spends them differently: its first stage
+ramps 4 -> 8 -> 16 channels and it has only two stages. So the first stage may ramp
+(each block half the width of the next), and a candidate has two or three stages.
 
 The trial picks each stage's width only relative to the first, and how much of the
 budget to use (`fill`); the widths are then scaled together to the widest net within
@@ -53,6 +60,8 @@ def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None =
     narrowest version does (too deep for a tiny budget); the caller prunes it then."""
     max_macs = default_max_macs(budget) if max_macs is None else max_macs
     family = trial.suggest_categorical("family", ["plain", "separable"])
+    stage_count = trial.suggest_int("stages", 2, 3)
+    ramp = trial.suggest_categorical("ramp", [False, True])  # stage 1 as ref7676's 4-8-16
     downsample = trial.suggest_categorical("downsample", ["maxpool", "transition"])
     bias = trial.suggest_categorical("bias", [False, True])
     dropout = trial.suggest_float("dropout", 0.0, 0.1)
@@ -65,10 +74,11 @@ def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None =
     for stage in (1, 2, 3):
         relative_width *= growth.get(stage, 1.0)
         depth = trial.suggest_int(f"depth{stage}", 1, 3)
-        # Unpadded convs shrink the map and save compute; the last stage stays padded
+        # Unpadded convs shrink the map and save compute; a third stage stays padded
         # so that the head always sees a map of a few pixels.
         padding = trial.suggest_int(f"padding{stage}", 0, 1) if stage < 3 else 1
         stages.append((relative_width, depth, padding))
+    del stages[stage_count:]  # a two-stage trial still suggests stage 3, unused
     squeeze = trial.suggest_categorical("squeeze", [0, 8, 12, 16])
     head = trial.suggest_categorical("head", ["conv_gap", "gap_conv", "gap_linear"])
     fill = trial.suggest_float("fill", MIN_FILL, 1.0)
@@ -83,11 +93,12 @@ def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None =
                 else:
                     blocks.append({"type": "maxpool"})
             kind = "separable" if family == "separable" and stage > 1 else "conv"
-            for _ in range(depth):
+            for block in range(depth):
+                halvings = depth - 1 - block if ramp and stage == 1 else 0
                 blocks.append(
                     {
                         "type": kind,
-                        "out": width,
+                        "out": max(MIN_WIDTH, round(width / 2**halvings)),
                         "padding": padding,
                         "bias": bias,
                         "dropout": dropout,

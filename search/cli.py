@@ -32,7 +32,14 @@ from search.fidelity import print_family_table, print_fidelity_table, run_fideli
 from search.memory import check_memory
 from search.objective import Terminated, raise_terminated
 from search.report import write_report
-from search.results import export_trial, studies_table, trials_table, write_export
+from search.results import (
+    export_trial,
+    over_budget,
+    over_cap,
+    studies_table,
+    trials_table,
+    write_export,
+)
 from search.sampler import MACS_PER_PARAM
 from search.storage import (
     DEFAULT_ARTIFACTS,
@@ -616,12 +623,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _nothing_trained(study: optuna.Study, config: SearchConfig) -> str:
     """Why a search ended with no completed trial, and what to change."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.PRUNED, TrialState.FAIL))
-    over_budget = sum("> budget" in t.user_attrs.get("pruned_reason", "") for t in trials)
-    over_cap = sum("> cap" in t.user_attrs.get("pruned_reason", "") for t in trials)
-    if over_budget or over_cap:
+    budget_count = sum(map(over_budget, trials))
+    cap_count = sum(map(over_cap, trials))
+    if budget_count or cap_count:
         return (
-            f"no candidate fits: of {len(trials)} trials, {over_budget} were over the budget of "
-            f"{config.budget:,} parameters and {over_cap} over the cap of {config.mac_cap:,} MACs; "
+            f"no candidate fits: of {len(trials)} trials, {budget_count} were over the budget of "
+            f"{config.budget:,} parameters and {cap_count} over the cap of {config.mac_cap:,} MACs; "
             "raise --budget or --max-macs, or run more --trials"
         )
     return (

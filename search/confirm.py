@@ -108,8 +108,27 @@ def confirmation_seconds(
     curve = trial.user_attrs.get("curve") or []
     fit_images = trial.user_attrs.get("fit_images") or 50_000
     seconds = sum(epoch["seconds"] for epoch in curve)
+    return confirmation_seconds_from(seconds, fit_images, seeds, train_subset, workers)
+
+
+def confirmation_seconds_from(
+    train_seconds: float, fit_images: int, seeds: int, train_subset: int | None, workers: int = 1
+) -> float:
+    """What confirming costs for an architecture whose full training on ``fit_images``
+    took ``train_seconds``: used before that training has run, to see if it would fit."""
     rounds = math.ceil(seeds / max(1, min(workers, seeds)))
-    return seconds * (train_subset or CONFIRM_IMAGES) / fit_images * rounds
+    return train_seconds * (train_subset or CONFIRM_IMAGES) / fit_images * rounds
+
+
+def reserve_seconds(
+    study: optuna.Study, target: float, seeds: int, train_subset: int | None, workers: int = 1
+) -> float:
+    """Seconds to keep for confirming the study's best trial so far: what a search under
+    a time limit must leave at its end. Zero while no trial is within reach of the target."""
+    best = top_trials(study, 1)
+    if not seeds or not best or not within_reach(best[0], target):
+        return 0.0
+    return confirmation_seconds(best[0], seeds, train_subset, workers)
 
 
 def within_reach(trial: FrozenTrial, target: float) -> bool:

@@ -31,6 +31,7 @@ import torch
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
+from search.confirm import confirmation_seconds_from, reserve_seconds
 from search.data import Split
 from search.memory import is_cpu_out_of_memory, out_of_memory_reason
 from search.plan import Rung, rungs_for
@@ -168,17 +169,27 @@ class Objective:
         """Train on each rung afresh; report each rung's accuracy as step ``rung.step`` and
         stop where the pruner says. Only the last rung (the full cap) is the result.
 
-        A rung that would run past the deadline (its time scaled from the rung before)
-        is not started: the trial fails with OutOfTime and is queued for the resume.
+        A rung that would not end in time (its time scaled from the rung before) is not
+        started: the trial fails with OutOfTime and is queued for the resume. In time
+        means leaving the confirmation of the best trial so far and, for the full rung,
+        of this trial too, which may become the best: otherwise a search under
+        --timeout can end with a winner it has no time left to confirm.
         """
+        config = self.config
         previous: tuple[float, float] | None = None  # (seconds, cost) of the last rung
         for rung in rungs:
             images = rung.images or len(self.fit)
             cost = rung.epochs * images
             if previous is not None:
                 needed = previous[0] * cost / previous[1]
-                if time.monotonic() + needed > self.deadline:
+                seeds = (config.confirm_seeds, config.train_subset, config.workers)
+                reserve = reserve_seconds(trial.study, config.target, *seeds)
+                if rung is rungs[-1]:
+                    reserve = max(reserve, confirmation_seconds_from(needed, images, *seeds))
+                if time.monotonic() + needed + reserve > self.deadline:
                     reason = f"--timeout: no time left for the {rung.name} (about {needed:.0f} s)"
+                    if reserve:
+                        reason += f" and a confirmation (about {reserve:.0f} s)"
                     trial.set_user_attr("fail_reason", reason)
                     raise OutOfTime(reason)
             fit = Split(self.fit.images[:images], self.fit.labels[:images])

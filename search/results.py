@@ -62,9 +62,18 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def over_budget(trial: FrozenTrial) -> bool:
+    """Pruned untrained for parameters over the budget (the constraint it handed TPE)."""
+    return trial.constraints.get("params_over_budget", 0.0) > 0
+
+
+def over_cap(trial: FrozenTrial) -> bool:
+    """Pruned untrained for MACs over the compute cap."""
+    return trial.constraints.get("macs_over_cap", 0.0) > 0
+
+
 def _untrained(trial: FrozenTrial) -> bool:
-    reason = trial.user_attrs.get("pruned_reason", "")
-    return "> budget" in reason or "> cap" in reason or reason.startswith("invalid spec")
+    return over_budget(trial) or over_cap(trial)
 
 
 def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:

@@ -25,7 +25,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from search.confirm import confirmation_seconds, top_trials, within_reach
+from search.confirm import reserve_seconds
 from search.data import search_data
 from search.estimate import estimate_cost
 from search.objective import (
@@ -458,13 +458,12 @@ def _requeue_out_of_time(study: optuna.Study, number: int) -> None:
 
 def _confirmation_reserve(study: optuna.Study, config: SearchConfig) -> float:
     """Seconds of --timeout to leave for confirming the best trial so far (when the search
-    will confirm and that trial can reach the target): the timeout bounds the whole run."""
-    if not config.confirm_seeds or config.timeout is None:
+    will confirm): the timeout bounds the whole run."""
+    if config.timeout is None:
         return 0.0
-    best = top_trials(study, 1)
-    if not best or not within_reach(best[0], config.target):
-        return 0.0
-    return confirmation_seconds(best[0], config.confirm_seeds, config.train_subset, config.workers)
+    return reserve_seconds(
+        study, config.target, config.confirm_seeds, config.train_subset, config.workers
+    )
 
 
 def _requeue_interrupted(study: optuna.Study, number: int) -> None:

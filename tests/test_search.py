@@ -179,6 +179,33 @@ def test_a_rung_that_would_pass_the_timeout_is_not_started_and_the_trial_is_queu
     assert queued.state == TrialState.WAITING and queued.params == stopped.params
 
 
+@needs_data
+def test_the_full_rung_waits_unless_its_confirmation_fits_too(tmp_path):
+    """A search under --timeout must end with time to confirm what it found: the full
+    rung of a candidate that could not also be confirmed in time is not started."""
+    config = SearchConfig(
+        budget=8000,
+        epochs=3,
+        trials=1,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        artifacts=str(tmp_path / "artifacts"),
+        data_dir=DATA,
+        train_subset=300,
+        val_size=200,
+        epoch_lines=False,
+        timeout=3600,
+        confirm_seeds=1_000_000,  # a confirmation no hour holds
+    )
+    study = create_or_resume(config)
+    fit, validation = search_data(DATA, "cpu", 200, 0, 300)
+    objective = Objective(config, fit, validation, torch.device("cpu"))
+    objective.deadline = time.monotonic() + 3600  # ample for the 3-epoch rung alone
+    study.optimize(objective, n_trials=1, catch=(OutOfTime,))
+    reason = study.trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("--timeout: no time left for the 3-epoch")
+    assert "and a confirmation" in reason
+
+
 def stored_study(folder: Path) -> optuna.Study:
     """The e2e search's study, read back from its SQLite file."""
     storage = open_storage(f"sqlite:///{folder}/studies.db", heartbeat_interval=None)

@@ -17,6 +17,7 @@ target.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from pathlib import Path
 from typing import TextIO
@@ -26,6 +27,7 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import TrialState
 
+from search.objective import Terminated, raise_terminated
 from search.storage import UsageError, open_storage
 from search.study import SearchConfig, clock, create_or_resume, run_search
 
@@ -34,15 +36,18 @@ STARTED = "bench_started"  # study user attribute: time.time() when its arm star
 
 
 def _arm(config: SearchConfig, threads: int) -> None:
-    """One arm in its own process: the study is created by ``run_search`` and stamped
-    with the arm's start time so that the curves share a clock."""
+    """One arm in its own process, stamped with its start time so that the curves share
+    a clock. SIGTERM at the end of the wall time fails its running trial and ends it."""
+    signal.signal(signal.SIGTERM, raise_terminated)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started = time.time()
     study = create_or_resume(config)
     if STARTED not in study.user_attrs:
-        study.set_user_attr(STARTED, started)
-    run_search(config)
+        study.set_user_attr(STARTED, time.time())
+    try:
+        run_search(config)
+    except Terminated:
+        pass
 
 
 def run_bench_search(
@@ -100,14 +105,21 @@ def run_bench_search(
     ]
     for process in processes:
         process.start()
+    # A one-training-per-trial arm would otherwise finish a training started just before
+    # its --timeout long after it: the clock, not the trial, ends both arms.
+    ends = time.monotonic() + minutes * 60
     for process in processes:
+        process.join(timeout=max(0.0, ends - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
         process.join()
     summaries = {}
     for arm, config in configs.items():
         study = optuna.load_study(
             study_name=config.study_name, storage=open_storage(storage, heartbeat_interval=None)
         )
-        summaries[arm] = summarise(study, target)
+        summaries[arm] = summarise(study, target, minutes * 60)
         reached = summaries[arm]["time_to_target_s"]
         print(
             f"{arm:>12}: best val {summaries[arm]['best']:.2f}% "
@@ -121,11 +133,16 @@ def run_bench_search(
     return summaries
 
 
-def summarise(study: optuna.Study, target: float) -> dict:
-    """Best full-cap validation accuracy against seconds since the arm started."""
+def summarise(study: optuna.Study, target: float, seconds: float = float("inf")) -> dict:
+    """Best full-cap validation accuracy against seconds since the arm started, over the
+    trials completed within ``seconds`` of that start."""
     started = study.user_attrs[STARTED]
     complete = sorted(
-        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        (
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.datetime_complete.timestamp() - started <= seconds
+        ),
         key=lambda t: t.datetime_complete,
     )
     times, best_so_far, best = [], [], float("-inf")

@@ -5,17 +5,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from real_mnist import DATA, needs_data
 from torch import nn
 
+from search.cli import main
 from search.data import confirm_data
 from search.train import evaluate
 
-MODELS = sorted(
-    p for p in (Path(__file__).parents[1] / "models").glob("*.py") if p.stem != "__init__"
-)
+ROOT = Path(__file__).parents[1]
+MODELS = sorted(p for p in (ROOT / "models").glob("*.py") if p.stem != "__init__")
 
 
 def load_module(path: Path):
@@ -65,3 +66,30 @@ def test_weights_reproduce_the_recorded_test_accuracy(path):
     module = load_module(path)
     _, test = confirm_data(DATA, "cpu")
     assert abs(evaluate(module.load(), test) - module.METRICS["weights_test_accuracy"]) <= 0.01
+
+
+def _searched(path: Path) -> bool:
+    return "study" in load_module(path).METRICS
+
+
+SEARCHED = [p for p in MODELS if _searched(p)]  # exported from a search, not a hand-made net
+
+
+@pytest.mark.parametrize("path", SEARCHED, ids=[p.stem for p in SEARCHED])
+def test_its_committed_search_exports_it_again_byte_for_byte(path, tmp_path):
+    """The study behind a shipped model is committed under results/ with the weights its
+    export needs: exporting its trial from there gives the same module and weights."""
+    metrics = load_module(path).METRICS
+    holding = [
+        db
+        for db in sorted((ROOT / "results").glob("*.db"))
+        if metrics["study"]
+        in {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")}
+    ]
+    assert holding, f"no study {metrics['study']!r} committed under results/"
+    out = tmp_path / path.name
+    argv = ["export", metrics["study"], "--trial", str(metrics["trial"]), "--out", str(out)]
+    argv += ["--storage", f"sqlite:///{holding[0]}", "--artifacts", str(ROOT / "results/artifacts")]
+    assert main(argv) == 0
+    assert out.read_text() == path.read_text()
+    assert out.with_suffix(".pt").read_bytes() == path.with_suffix(".pt").read_bytes()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import TextIO
@@ -35,10 +36,33 @@ ARMS = {"budgetnas": "rungs", "conventional": "median"}
 STARTED = "bench_started"  # study user attribute: time.time() when its arm started
 
 
+class _LinePrefix:
+    """An arm's stdout: each line starts with the arm's name, so that the two arms'
+    progress lines, interleaved in one log, say whose they are."""
+
+    def __init__(self, stream: TextIO, prefix: str):
+        self.stream, self.prefix, self.line_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            if self.line_start:
+                self.stream.write(self.prefix)
+            self.stream.write(piece)
+            self.line_start = piece.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
 def _arm(config: SearchConfig, threads: int) -> None:
     """One arm in its own process, stamped with its start time so that the curves share
     a clock. SIGTERM at the end of the wall time fails its running trial and ends it."""
     signal.signal(signal.SIGTERM, raise_terminated)
+    sys.stdout = _LinePrefix(sys.stdout, f"[{multiprocessing.current_process().name}] ")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_or_resume(config)

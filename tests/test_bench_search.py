@@ -9,7 +9,7 @@ from search.storage import open_storage
 
 
 @needs_data
-def test_both_arms_run_into_one_storage_and_the_figure_is_written(tmp_path, capsys):
+def test_both_arms_run_into_one_storage_and_the_figure_is_written(tmp_path, capfd):
     summaries = run_bench_search(
         tmp_path, minutes=0.3, budget=8000, epochs=1, target=10, data_dir=DATA, train_subset=500
     )
@@ -23,4 +23,7 @@ def test_both_arms_run_into_one_storage_and_the_figure_is_written(tmp_path, caps
         assert summaries[arm]["best_so_far"] == sorted(summaries[arm]["best_so_far"])
     page = (tmp_path / "bench_search.html").read_text()
     assert "Best full-cap validation accuracy against wall time" in page
-    assert "first >= 10" in capsys.readouterr().out
+    printed = capfd.readouterr().out
+    assert "first >= 10" in printed
+    for arm in ARMS:  # the arms' interleaved progress lines say whose they are
+        assert f"[{arm}] trial 0" in printed

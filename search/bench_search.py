@@ -17,7 +17,6 @@ target.
 from __future__ import annotations
 
 import multiprocessing
-import signal
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import TrialState
 
-from search.objective import Terminated, raise_terminated
+from search.objective import Terminated, handle_sigterm
 from search.storage import UsageError, open_storage
 from search.study import SearchConfig, clock, create_or_resume, run_search
 
@@ -61,7 +60,7 @@ class _LinePrefix:
 def _arm(config: SearchConfig, threads: int) -> None:
     """One arm in its own process, stamped with its start time so that the curves share
     a clock. SIGTERM at the end of the wall time fails its running trial and ends it."""
-    signal.signal(signal.SIGTERM, raise_terminated)
+    handle_sigterm()
     sys.stdout = _LinePrefix(sys.stdout, f"[{multiprocessing.current_process().name}] ")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -180,7 +179,8 @@ def summarise(study: optuna.Study, target: float, seconds: float = float("inf"))
             time_to_target = at
     return {
         "study": study.study_name,
-        "trials": len(study.get_trials(deepcopy=False)),
+        # Trials that ran: not the copy of a clock-stopped trial queued for a resume.
+        "trials": sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)),
         "complete": len(complete),
         "best": best if complete else float("nan"),
         "seconds": times,

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,10 +63,35 @@ def stop_reason(error: KeyboardInterrupt) -> str:
     return "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
 
 
+_terminated = False  # SIGTERM arrived: see raise_if_terminated
+
+
 def raise_terminated(signum: int, frame: object) -> NoReturn:
     """SIGTERM handler: once, so that a second signal cannot interrupt the cleanup."""
+    global _terminated
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _terminated = True
     raise Terminated
+
+
+def raise_if_terminated() -> None:
+    """Raise Terminated again if SIGTERM came. A handler's exception that lands in a
+    callback Python runs on its own (a weakref's, during garbage collection) is lost
+    there; the objective checks after every epoch, so the trial still stops."""
+    if _terminated:
+        raise Terminated
+
+
+def handle_sigterm() -> None:
+    """Make SIGTERM stop this process as Ctrl-C does, without a stray traceback for a
+    Terminated that Python reports as unraisable (raise_if_terminated raises it again)."""
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            sys.__unraisablehook__(unraisable)
+
+    sys.unraisablehook = hook
 
 
 class OutOfTime(Exception):
@@ -224,6 +250,7 @@ class Objective:
         curves = trial.user_attrs.get("curves", {})
 
         def on_epoch(stats: EpochStats) -> None:
+            raise_if_terminated()
             curve.append(
                 {
                     "epoch": stats.epoch,

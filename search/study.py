@@ -35,7 +35,8 @@ from search.objective import (
     OutOfTime,
     SurplusTrial,
     Terminated,
-    raise_terminated,
+    handle_sigterm,
+    raise_if_terminated,
 )
 from search.plan import PROMOTE_ONE_IN
 from search.sampler import default_max_macs
@@ -412,6 +413,7 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
     waiting_since: float | None = None  # when the remaining slots were all taken
     noticed = False
     while time.monotonic() + _confirmation_reserve(study, config) < deadline:
+        raise_if_terminated()  # a SIGTERM lost between trials
         if parent_pid is not None and os.getppid() != parent_pid:
             print(f"worker {worker}: the search process is gone; stopping", file=sys.stderr)
             return
@@ -602,7 +604,7 @@ def _worker_process(config: SearchConfig, worker: int, parent_pid: int, verbosit
     A spawned process starts with Optuna's default logging, so it gets the parent's.
     """
     signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, raise_terminated)
+    handle_sigterm()
     optuna.logging.set_verbosity(verbosity)
     try:
         run_worker(config, worker, parent_pid=parent_pid)

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import TrialState
 
-from search.objective import Terminated, handle_sigterm
+from search.objective import Terminated, handle_stop_signals
 from search.storage import UsageError, open_storage
 from search.study import SearchConfig, clock, create_or_resume, run_search
 
@@ -60,7 +60,7 @@ class _LinePrefix:
 def _arm(config: SearchConfig, threads: int) -> None:
     """One arm in its own process, stamped with its start time so that the curves share
     a clock. SIGTERM at the end of the wall time fails its running trial and ends it."""
-    handle_sigterm()
+    handle_stop_signals()
     sys.stdout = _LinePrefix(sys.stdout, f"[{multiprocessing.current_process().name}] ")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

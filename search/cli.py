@@ -29,7 +29,7 @@ from search.dashboard import serve
 from search.data import DataError, confirm_data
 from search.fidelity import print_family_table, print_fidelity_table, run_fidelity_study
 from search.memory import check_memory
-from search.objective import Terminated, handle_sigterm
+from search.objective import Terminated, handle_stop_signals
 from search.report import write_report
 from search.results import (
     export_trial,
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``budgetnas`` console script: SIGTERM (kill, timeout, schedulers) stops the
     command as Ctrl-C does, with exit code 143."""
-    handle_sigterm()
+    handle_stop_signals()
     sys.exit(main())
 
 

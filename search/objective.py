@@ -63,32 +63,50 @@ def stop_reason(error: KeyboardInterrupt) -> str:
     return "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
 
 
-_terminated = False  # SIGTERM arrived: see raise_if_terminated
+_stopped_by: type[KeyboardInterrupt] | None = None  # what a stop signal raised, once one came
 
 
-def raise_terminated(signum: int, frame: object) -> NoReturn:
-    """SIGTERM handler: once, so that a second signal cannot interrupt the cleanup."""
-    global _terminated
+def _stop(exception: type[KeyboardInterrupt]) -> NoReturn:
+    global _stopped_by
+    _stopped_by = exception
+    raise exception
+
+
+def _terminate_once(signum: int, frame: object) -> NoReturn:
+    """SIGTERM: once, so that a second signal cannot interrupt the cleanup."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _terminated = True
-    raise Terminated
+    _stop(Terminated)
 
 
-def raise_if_terminated() -> None:
-    """Raise Terminated again if SIGTERM came. A handler's exception that lands in a
-    callback Python runs on its own (a weakref's, during garbage collection) is lost
-    there; the objective checks after every epoch, so the trial still stops."""
-    if _terminated:
-        raise Terminated
+def _interrupt_once(signum: int, frame: object) -> NoReturn:
+    """SIGINT in a worker: a Ctrl-C from the terminal plus the one the search process
+    passes on must not interrupt the cleanup."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop(KeyboardInterrupt)
 
 
-def handle_sigterm() -> None:
-    """Make SIGTERM stop this process as Ctrl-C does, without a stray traceback for a
-    Terminated that Python reports as unraisable (raise_if_terminated raises it again)."""
-    signal.signal(signal.SIGTERM, raise_terminated)
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    _stop(KeyboardInterrupt)
+
+
+def raise_if_stopped() -> None:
+    """Raise again what a stop signal raised. An exception a signal handler raises while
+    Python runs a callback on its own (a weakref's, during garbage collection) is lost
+    there; the objective checks after every epoch and workers between trials, so the
+    process still stops."""
+    if _stopped_by is not None:
+        raise _stopped_by
+
+
+def handle_stop_signals(*, interrupt_once: bool = False) -> None:
+    """SIGTERM stops this process as Ctrl-C does (``Terminated``); both are handled once
+    in a worker (``interrupt_once``). An exception that Python reports as unraisable
+    because it landed in a callback prints no traceback: raise_if_stopped raises it."""
+    signal.signal(signal.SIGTERM, _terminate_once)
+    signal.signal(signal.SIGINT, _interrupt_once if interrupt_once else _interrupt)
 
     def hook(unraisable: sys.UnraisableHookArgs) -> None:
-        if not isinstance(unraisable.exc_value, Terminated):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             sys.__unraisablehook__(unraisable)
 
     sys.unraisablehook = hook
@@ -250,7 +268,7 @@ class Objective:
         curves = trial.user_attrs.get("curves", {})
 
         def on_epoch(stats: EpochStats) -> None:
-            raise_if_terminated()
+            raise_if_stopped()
             curve.append(
                 {
                     "epoch": stats.epoch,

@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn, TextIO
+from typing import TextIO
 
 import optuna
 import torch
@@ -35,8 +35,8 @@ from search.objective import (
     OutOfTime,
     SurplusTrial,
     Terminated,
-    handle_sigterm,
-    raise_if_terminated,
+    handle_stop_signals,
+    raise_if_stopped,
 )
 from search.plan import PROMOTE_ONE_IN
 from search.sampler import default_max_macs
@@ -413,7 +413,7 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
     waiting_since: float | None = None  # when the remaining slots were all taken
     noticed = False
     while time.monotonic() + _confirmation_reserve(study, config) < deadline:
-        raise_if_terminated()  # a SIGTERM lost between trials
+        raise_if_stopped()  # a stop signal lost between trials
         if parent_pid is not None and os.getppid() != parent_pid:
             print(f"worker {worker}: the search process is gone; stopping", file=sys.stderr)
             return
@@ -597,21 +597,14 @@ def run_search(config: SearchConfig) -> optuna.Study:
 
 
 def _worker_process(config: SearchConfig, worker: int, parent_pid: int, verbosity: int) -> None:
-    """Entry point of a spawned worker: Ctrl-C fails its running trial and ends it quietly.
-
-    SIGTERM is handled the same way (``Terminated``). The first SIGINT raises KeyboardInterrupt and later ones are ignored, so a Ctrl-C
-    from the terminal plus the one ``run_search`` passes on cannot interrupt the cleanup.
-    A spawned process starts with Optuna's default logging, so it gets the parent's.
+    """Entry point of a spawned worker: Ctrl-C or SIGTERM fails its running trial and
+    ends it quietly. Only the first of each counts, so a Ctrl-C from the terminal plus the
+    one ``run_search`` passes on cannot interrupt the cleanup. A spawned process starts
+    with Optuna's default logging, so it gets the parent's.
     """
-    signal.signal(signal.SIGINT, _interrupt_once)
-    handle_sigterm()
+    handle_stop_signals(interrupt_once=True)
     optuna.logging.set_verbosity(verbosity)
     try:
         run_worker(config, worker, parent_pid=parent_pid)
     except KeyboardInterrupt as error:
         sys.exit(TERMINATED if isinstance(error, Terminated) else INTERRUPTED)
-
-
-def _interrupt_once(signum: int, frame: object) -> NoReturn:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt

@@ -224,12 +224,12 @@ class Objective:
         for rung in rungs:
             images = rung.images or len(self.fit)
             cost = rung.epochs * images
-            if previous is not None:
+            if previous is not None and self.deadline < math.inf:
                 needed = previous[0] * cost / previous[1]
-                seeds = (config.confirm_seeds, config.train_subset, config.workers)
-                reserve = reserve_seconds(trial.study, config.target, *seeds)
+                confirm = (config.confirm_seeds, config.train_subset, config.workers)
+                reserve = reserve_seconds(trial.study, config.target, *confirm)
                 if rung is rungs[-1]:
-                    reserve = max(reserve, confirmation_seconds_from(needed, images, *seeds))
+                    reserve = max(reserve, confirmation_seconds_from(needed, images, *confirm))
                 if time.monotonic() + needed + reserve > self.deadline:
                     reason = f"--timeout: no time left for the {rung.name} (about {needed:.0f} s)"
                     if reserve:

@@ -153,8 +153,9 @@ def test_candidates_over_the_budget_or_the_cap_are_pruned_before_training(
         assert "train_seconds" not in trial.user_attrs  # it cost no training at all
 
 
-@needs_data
-def test_a_rung_that_would_pass_the_timeout_is_not_started_and_the_trial_is_queued(tmp_path):
+def one_tiny_trial(tmp_path: Path, seconds_left: float, **settings) -> optuna.Study:
+    """A study after one trial of 1- and 3-epoch rungs on 300 images, with
+    ``seconds_left`` before the objective's deadline."""
     config = SearchConfig(
         budget=8000,
         epochs=3,
@@ -165,12 +166,19 @@ def test_a_rung_that_would_pass_the_timeout_is_not_started_and_the_trial_is_queu
         train_subset=300,
         val_size=200,
         epoch_lines=False,
+        **settings,
     )
     study = create_or_resume(config)
     fit, validation = search_data(DATA, "cpu", 200, 0, 300)
     objective = Objective(config, fit, validation, torch.device("cpu"))
-    objective.deadline = time.monotonic()  # already past: only the first rung may run
+    objective.deadline = time.monotonic() + seconds_left
     study.optimize(objective, n_trials=1, catch=(OutOfTime,))
+    return study
+
+
+@needs_data
+def test_a_rung_that_would_pass_the_timeout_is_not_started_and_the_trial_is_queued(tmp_path):
+    study = one_tiny_trial(tmp_path, 0)  # already past: only the first rung may run
     _requeue_out_of_time(study, 0)
     stopped, queued = study.get_trials()
     assert stopped.state == TrialState.FAIL
@@ -183,24 +191,8 @@ def test_a_rung_that_would_pass_the_timeout_is_not_started_and_the_trial_is_queu
 def test_the_full_rung_waits_unless_its_confirmation_fits_too(tmp_path):
     """A search under --timeout must end with time to confirm what it found: the full
     rung of a candidate that could not also be confirmed in time is not started."""
-    config = SearchConfig(
-        budget=8000,
-        epochs=3,
-        trials=1,
-        storage=f"sqlite:///{tmp_path}/s.db",
-        artifacts=str(tmp_path / "artifacts"),
-        data_dir=DATA,
-        train_subset=300,
-        val_size=200,
-        epoch_lines=False,
-        timeout=3600,
-        confirm_seeds=1_000_000,  # a confirmation no hour holds
-    )
-    study = create_or_resume(config)
-    fit, validation = search_data(DATA, "cpu", 200, 0, 300)
-    objective = Objective(config, fit, validation, torch.device("cpu"))
-    objective.deadline = time.monotonic() + 3600  # ample for the 3-epoch rung alone
-    study.optimize(objective, n_trials=1, catch=(OutOfTime,))
+    # An hour is ample for the 3-epoch rung alone, not for a million-seed confirmation.
+    study = one_tiny_trial(tmp_path, 3600, timeout=3600, confirm_seeds=1_000_000)
     reason = study.trials[0].user_attrs["fail_reason"]
     assert reason.startswith("--timeout: no time left for the 3-epoch")
     assert "and a confirmation" in reason

@@ -266,8 +266,9 @@ def _train_seeds(
     workers: int,
     data: tuple[str | None, int | None],
 ) -> list[TrainResult]:
-    """Train ``spec`` once per seed, in this process or ``workers`` spawned processes
-    side by side (each loads the data itself and takes its share of the CPU threads)."""
+    """Train ``spec`` once per seed, in this process or in rounds of ``workers`` spawned
+    processes side by side (each loads the data itself and takes its share of the CPU
+    threads)."""
 
     def said(seed: int, result: TrainResult) -> TrainResult:
         print(
@@ -287,15 +288,32 @@ def _train_seeds(
             )
             for seed in range(seeds)
         ]
-    processes = min(workers, seeds)
-    threads = max(1, torch.get_num_threads() // processes)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=context) as pool:
-        futures = [
-            pool.submit(_seed_process, spec, recipe, seed, data, str(device), precision, threads)
-            for seed in range(seeds)
-        ]
-        return [said(seed, future.result()) for seed, future in enumerate(futures)]
+    results = []
+    with ProcessPoolExecutor(min(workers, seeds), mp_context=context) as pool:
+        for round_ in seed_rounds(seeds, workers, torch.get_num_threads()):
+            futures = [
+                pool.submit(
+                    _seed_process, spec, recipe, seed, data, str(device), precision, threads
+                )
+                for seed, threads in round_
+            ]
+            results += [
+                said(seed, f.result()) for (seed, _), f in zip(round_, futures, strict=True)
+            ]
+    return results
+
+
+def seed_rounds(seeds: int, workers: int, threads: int) -> list[list[tuple[int, int]]]:
+    """(seed, CPU threads) for each process, in rounds of ``workers`` seeds side by side.
+    Each round splits the threads among its seeds, so a last round with fewer seeds than
+    workers (3 seeds on 2 workers) still uses every core."""
+    rounds = []
+    for first in range(0, seeds, workers):
+        round_seeds = range(first, min(seeds, first + workers))
+        share = max(1, threads // len(round_seeds))
+        rounds.append([(seed, share) for seed in round_seeds])
+    return rounds
 
 
 def _train_seed(

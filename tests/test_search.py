@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 from real_mnist import DATA, needs_data
 
 from search.cli import main
-from search.confirm import _train_seeds, confirmations, selected
+from search.confirm import _train_seeds, confirmations, seed_rounds, selected
 from search.data import confirm_data, resolve_data_dir, search_data
 from search.objective import Objective, OutOfTime
 from search.plan import rungs_for
@@ -348,6 +348,13 @@ def test_show_says_how_far_each_trial_trained():
         "epoch 1",
         "-",
     ]
+
+
+def test_a_confirmation_round_with_fewer_seeds_than_workers_takes_every_thread():
+    assert seed_rounds(3, 2, 2) == [[(0, 1), (1, 1)], [(2, 2)]]
+    assert seed_rounds(4, 2, 8) == [[(0, 4), (1, 4)], [(2, 4), (3, 4)]]
+    assert seed_rounds(2, 4, 2) == [[(0, 1), (1, 1)]]
+    assert seed_rounds(3, 3, 2) == [[(0, 1), (1, 1), (2, 1)]]  # never under one thread
 
 
 @needs_data

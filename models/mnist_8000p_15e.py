@@ -1,9 +1,9 @@
-"""mnist_8000p_15e: a 7,551-parameter MNIST network exported by budgetnas.
+"""mnist_8000p_15e: a 5,964-parameter MNIST network exported by budgetnas.
 
-Trial 37 of study 'mnist-8000p-15e', retrained on the full training set with seeds [0, 1, 2]; weights of seed 1, the median seed: representative of the architecture, not its luckiest run.
+Trial 20 of study 'mnist-8000p-15e', retrained on the full training set with seeds [0, 1, 2]; weights of seed 1, the median seed: representative of the architecture, not its luckiest run.
 
-Measured: mean test accuracy 99.46%, min 99.42%, per seed [99.42, 99.44, 99.53], final epoch of 15, budget 8,000 parameters.
-Receptive field 26x26, 608,655 multiply-accumulates per image. Input: N x 1 x 28 x 28 floats in [0, 1]
+Measured: mean test accuracy 99.44%, min 99.42%, per seed [99.47, 99.44, 99.42], final epoch of 15, budget 8,000 parameters.
+Receptive field 28x28, 1,036,440 multiply-accumulates per image. Input: N x 1 x 28 x 28 floats in [0, 1]
 (what ToTensor gives); the network normalises them itself. Output: N x 10 logits.
 
     from mnist_8000p_15e import load
@@ -17,33 +17,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PARAMS = 7551
+PARAMS = 5964
 SPEC = {
     'blocks': [
-        {'type': 'conv', 'in': 1, 'out': 34, 'padding': 0, 'bias': False, 'dropout': 0.03533484940899752},
+        {'type': 'conv', 'in': 1, 'out': 7, 'padding': 1, 'bias': True, 'dropout': 0.0011251258545404443},
+        {'type': 'conv', 'in': 7, 'out': 14, 'padding': 1, 'bias': True, 'dropout': 0.0011251258545404443},
         {'type': 'maxpool'},
-        {'type': 'separable', 'in': 34, 'out': 35, 'padding': 0, 'bias': False, 'dropout': 0.03533484940899752},
-        {'type': 'separable', 'in': 35, 'out': 35, 'padding': 0, 'bias': False, 'dropout': 0.03533484940899752},
-        {'type': 'separable', 'in': 35, 'out': 35, 'padding': 0, 'bias': False, 'dropout': 0.03533484940899752},
+        {'type': 'separable', 'in': 14, 'out': 30, 'padding': 0, 'bias': True, 'dropout': 0.0011251258545404443},
+        {'type': 'separable', 'in': 30, 'out': 30, 'padding': 0, 'bias': True, 'dropout': 0.0011251258545404443},
+        {'type': 'separable', 'in': 30, 'out': 30, 'padding': 0, 'bias': True, 'dropout': 0.0011251258545404443},
         {'type': 'maxpool'},
-        {'type': 'separable', 'in': 35, 'out': 44, 'padding': 1, 'bias': False, 'dropout': 0.03533484940899752},
-        {'type': 'pointwise', 'in': 44, 'out': 8, 'bias': False, 'dropout': 0.0},
+        {'type': 'separable', 'in': 30, 'out': 28, 'padding': 1, 'bias': True, 'dropout': 0.0011251258545404443},
+        {'type': 'pointwise', 'in': 28, 'out': 12, 'bias': True, 'dropout': 0.0},
     ],
-    'head': {'type': 'conv_gap', 'in': 8, 'bias': False, 'dropout': 0.0},
+    'head': {'type': 'conv_gap', 'in': 12, 'bias': True, 'dropout': 0.0},
 }
 METRICS = {'study': 'mnist-8000p-15e',
- 'trial': 37,
- 'test_accuracy': [99.42, 99.44, 99.53],
- 'test_accuracy_mean': 99.4633,
+ 'trial': 20,
+ 'test_accuracy': [99.47, 99.44, 99.42],
+ 'test_accuracy_mean': 99.4433,
  'test_accuracy_min': 99.42,
  'seeds': [0, 1, 2],
  'weights_seed': 1,
  'weights_test_accuracy': 99.44,
  'epochs': 15,
  'budget': 8000,
- 'params': 7551,
- 'macs': 608655,
- 'val_accuracy': 99.41,
+ 'params': 5964,
+ 'macs': 1036440,
+ 'val_accuracy': 99.5,
  'train_subset': None}
 
 MEAN, STD = 0.1307, 0.3081
@@ -52,40 +53,44 @@ MEAN, STD = 0.1307, 0.3081
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 34, 3, padding=0, bias=False)
-        self.bn1 = nn.BatchNorm2d(34)
-        self.drop1 = nn.Dropout(0.03533484940899752)
-        self.dw3 = nn.Conv2d(34, 34, 3, padding=0, groups=34, bias=False)
-        self.pw3 = nn.Conv2d(34, 35, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(35)
-        self.drop3 = nn.Dropout(0.03533484940899752)
-        self.dw4 = nn.Conv2d(35, 35, 3, padding=0, groups=35, bias=False)
-        self.pw4 = nn.Conv2d(35, 35, 1, bias=False)
-        self.bn4 = nn.BatchNorm2d(35)
-        self.drop4 = nn.Dropout(0.03533484940899752)
-        self.dw5 = nn.Conv2d(35, 35, 3, padding=0, groups=35, bias=False)
-        self.pw5 = nn.Conv2d(35, 35, 1, bias=False)
-        self.bn5 = nn.BatchNorm2d(35)
-        self.drop5 = nn.Dropout(0.03533484940899752)
-        self.dw7 = nn.Conv2d(35, 35, 3, padding=1, groups=35, bias=False)
-        self.pw7 = nn.Conv2d(35, 44, 1, bias=False)
-        self.bn7 = nn.BatchNorm2d(44)
-        self.drop7 = nn.Dropout(0.03533484940899752)
-        self.conv8 = nn.Conv2d(44, 8, 1, bias=False)
-        self.bn8 = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(1, 7, 3, padding=1, bias=True)
+        self.bn1 = nn.BatchNorm2d(7)
+        self.drop1 = nn.Dropout(0.0011251258545404443)
+        self.conv2 = nn.Conv2d(7, 14, 3, padding=1, bias=True)
+        self.bn2 = nn.BatchNorm2d(14)
+        self.drop2 = nn.Dropout(0.0011251258545404443)
+        self.dw4 = nn.Conv2d(14, 14, 3, padding=0, groups=14, bias=True)
+        self.pw4 = nn.Conv2d(14, 30, 1, bias=True)
+        self.bn4 = nn.BatchNorm2d(30)
+        self.drop4 = nn.Dropout(0.0011251258545404443)
+        self.dw5 = nn.Conv2d(30, 30, 3, padding=0, groups=30, bias=True)
+        self.pw5 = nn.Conv2d(30, 30, 1, bias=True)
+        self.bn5 = nn.BatchNorm2d(30)
+        self.drop5 = nn.Dropout(0.0011251258545404443)
+        self.dw6 = nn.Conv2d(30, 30, 3, padding=0, groups=30, bias=True)
+        self.pw6 = nn.Conv2d(30, 30, 1, bias=True)
+        self.bn6 = nn.BatchNorm2d(30)
+        self.drop6 = nn.Dropout(0.0011251258545404443)
+        self.dw8 = nn.Conv2d(30, 30, 3, padding=1, groups=30, bias=True)
+        self.pw8 = nn.Conv2d(30, 28, 1, bias=True)
+        self.bn8 = nn.BatchNorm2d(28)
+        self.drop8 = nn.Dropout(0.0011251258545404443)
+        self.conv9 = nn.Conv2d(28, 12, 1, bias=True)
+        self.bn9 = nn.BatchNorm2d(12)
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Conv2d(8, 10, 1, bias=False)
+        self.head = nn.Conv2d(12, 10, 1, bias=True)
 
     def forward(self, x):
         x = (x - MEAN) / STD
-        x = self.drop1(F.relu(self.bn1(self.conv1(x))))  # 1x28x28 -> 34x26x26, RF 3
-        x = F.max_pool2d(x, 2)  # 34x26x26 -> 34x13x13, RF 4
-        x = self.drop3(F.relu(self.bn3(self.pw3(self.dw3(x)))))  # 34x13x13 -> 35x11x11, RF 8
-        x = self.drop4(F.relu(self.bn4(self.pw4(self.dw4(x)))))  # 35x11x11 -> 35x9x9, RF 12
-        x = self.drop5(F.relu(self.bn5(self.pw5(self.dw5(x)))))  # 35x9x9 -> 35x7x7, RF 16
-        x = F.max_pool2d(x, 2)  # 35x7x7 -> 35x3x3, RF 18
-        x = self.drop7(F.relu(self.bn7(self.pw7(self.dw7(x)))))  # 35x3x3 -> 44x3x3, RF 26
-        x = F.relu(self.bn8(self.conv8(x)))  # 44x3x3 -> 8x3x3, RF 26
+        x = self.drop1(F.relu(self.bn1(self.conv1(x))))  # 1x28x28 -> 7x28x28, RF 3
+        x = self.drop2(F.relu(self.bn2(self.conv2(x))))  # 7x28x28 -> 14x28x28, RF 5
+        x = F.max_pool2d(x, 2)  # 14x28x28 -> 14x14x14, RF 6
+        x = self.drop4(F.relu(self.bn4(self.pw4(self.dw4(x)))))  # 14x14x14 -> 30x12x12, RF 10
+        x = self.drop5(F.relu(self.bn5(self.pw5(self.dw5(x)))))  # 30x12x12 -> 30x10x10, RF 14
+        x = self.drop6(F.relu(self.bn6(self.pw6(self.dw6(x)))))  # 30x10x10 -> 30x8x8, RF 18
+        x = F.max_pool2d(x, 2)  # 30x8x8 -> 30x4x4, RF 20
+        x = self.drop8(F.relu(self.bn8(self.pw8(self.dw8(x)))))  # 30x4x4 -> 28x4x4, RF 28
+        x = F.relu(self.bn9(self.conv9(x)))  # 28x4x4 -> 12x4x4, RF 28
         x = self.gap(self.head(x))  # -> 10x1x1
         return x.flatten(1)
 

@@ -126,7 +126,6 @@ def search(
     budget; ``progress`` shows per-epoch bars (with several ``workers``, one line per
     epoch instead). Returns the ``optuna.Study``.
     """
-    started = time.monotonic()
     config = SearchConfig(
         budget=budget,
         epochs=epochs,
@@ -139,6 +138,7 @@ def search(
         device=device,
         seed=seed,
         timeout=timeout,
+        started_at=time.time(),
         train_subset=train_subset,
         val_size=val_size,
         pruner=pruner,
@@ -173,7 +173,7 @@ def search(
             "(search again with a larger trials= resumes the study) or raise budget or max_macs"
         )
         return result
-    deadline = None if timeout is None else started + timeout
+    deadline = None if timeout is None else config.deadline()
     _confirm(result, top_k, seeds, artifacts, data_dir, device, progress, deadline)
     return result
 

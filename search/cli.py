@@ -564,6 +564,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         precision=args.precision,
         seed=args.seed,
         timeout=args.timeout,
+        started_at=time.time(),
         train_subset=args.train_subset,
         val_size=args.val_size,
         pruner=args.pruner,
@@ -601,7 +602,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             print(_nothing_trained(study, config))
             return 1
-        deadline = None if args.timeout is None else started + args.timeout
+        deadline = None if args.timeout is None else config.deadline()
         results = confirm_study(
             study,
             artifact_store(config.artifacts),

@@ -137,6 +137,7 @@ class Objective:
         # The trial this process runs now, so that Ctrl-C outside training can still fail it.
         self.trial_number: int | None = None
         self.deadline = math.inf  # time.monotonic() after which no rung may start
+        self.slowest_first_rung = 0.0  # seconds: what starting another trial may cost
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.config
@@ -242,6 +243,8 @@ class Objective:
             result = self._train(trial, spec, search_recipe(rung.epochs), fit, label=label)
             if final:
                 return result
+            if previous is None:
+                self.slowest_first_rung = max(self.slowest_first_rung, result.seconds)
             previous = (result.seconds, cost)
             _report(
                 trial,

@@ -81,6 +81,10 @@ class SearchConfig:
     precision: str = "auto"  # autocast dtype of training: auto, fp32, bf16, fp16
     seed: int = 0
     timeout: float | None = None
+    # time.time() when the run began: --timeout counts from it in every worker, so that
+    # spawned workers (which start after the data loading and the cost estimate) stop
+    # when the confirmation that follows them expects. None: when the worker starts.
+    started_at: float | None = None
     train_subset: int | None = None
     val_size: int = 10_000
     pruner: str = "rungs"
@@ -98,6 +102,13 @@ class SearchConfig:
     def mac_cap(self) -> int:
         """The compute cap in force: ``max_macs``, or the default for the budget."""
         return default_max_macs(self.budget) if self.max_macs is None else self.max_macs
+
+    def deadline(self) -> float:
+        """time.monotonic() by which the run must end: ``inf`` without --timeout."""
+        if self.timeout is None:
+            return math.inf
+        started = time.time() if self.started_at is None else self.started_at
+        return time.monotonic() + started + self.timeout - time.time()
 
     @property
     def study_name(self) -> str:
@@ -408,11 +419,17 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
         workers=config.workers,
     )
     optuna.logging.get_logger("optuna.study._optimize").addFilter(_QUIET_FAILURES)
-    deadline = math.inf if config.timeout is None else time.monotonic() + config.timeout
+    deadline = config.deadline()
     objective.deadline = deadline
     waiting_since: float | None = None  # when the remaining slots were all taken
     noticed = False
-    while time.monotonic() + _confirmation_reserve(study, config) < deadline:
+    # A new trial's first rung is not checked against the clock (nothing measured says
+    # what it costs yet): start one only if the slowest first rung so far still ends
+    # before the confirmation's reserve.
+    while (
+        time.monotonic() + objective.slowest_first_rung + _confirmation_reserve(study, config)
+        < deadline
+    ):
         raise_if_stopped()  # a stop signal lost between trials
         if parent_pid is not None and os.getppid() != parent_pid:
             print(f"worker {worker}: the search process is gone; stopping", file=sys.stderr)

@@ -12,6 +12,7 @@ from real_mnist import DATA, needs_data
 from torch import nn
 
 from search.cli import main
+from search.confirm import confirmations
 from search.data import confirm_data
 from search.train import evaluate
 
@@ -80,16 +81,27 @@ def test_its_committed_search_exports_it_again_byte_for_byte(path, tmp_path):
     """The study behind a shipped model is committed under results/ with the weights its
     export needs: exporting its trial from there gives the same module and weights."""
     metrics = load_module(path).METRICS
+    # Several searches at one budget share the study name, each in its own file: the one
+    # behind this model is the one that confirmed its trial with these figures.
     holding = [
         db
         for db in sorted((ROOT / "results").glob("*.db"))
-        if metrics["study"]
-        in {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")}
+        if _confirmed_there(db, metrics["study"], metrics["trial"]) == metrics["test_accuracy"]
     ]
-    assert holding, f"no study {metrics['study']!r} committed under results/"
+    assert holding, f"no study {metrics['study']!r} with this confirmation under results/"
     out = tmp_path / path.name
     argv = ["export", metrics["study"], "--trial", str(metrics["trial"]), "--out", str(out)]
     argv += ["--storage", f"sqlite:///{holding[0]}", "--artifacts", str(ROOT / "results/artifacts")]
     assert main(argv) == 0
     assert out.read_text() == path.read_text()
     assert out.with_suffix(".pt").read_bytes() == path.with_suffix(".pt").read_bytes()
+
+
+def _confirmed_there(db: Path, study_name: str, trial: int) -> list[float] | None:
+    """The test accuracies a study in ``db`` recorded when it confirmed ``trial``."""
+    summaries = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    if study_name not in {s.study_name for s in summaries}:
+        return None
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
+    confirmation = confirmations(study).get(trial)
+    return confirmation.test_accuracy if confirmation else None

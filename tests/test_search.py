@@ -21,7 +21,13 @@ from search.plan import rungs_for
 from search.results import reached
 from search.sampler import default_max_macs, sample_architecture
 from search.storage import open_storage
-from search.study import Progress, SearchConfig, _requeue_out_of_time, create_or_resume
+from search.study import (
+    Progress,
+    SearchConfig,
+    _requeue_out_of_time,
+    create_or_resume,
+    run_worker,
+)
 from search.train import Recipe, evaluate
 from space import ZOO, analyse, build, normalise
 
@@ -196,6 +202,31 @@ def test_the_full_rung_waits_unless_its_confirmation_fits_too(tmp_path):
     reason = study.trials[0].user_attrs["fail_reason"]
     assert reason.startswith("--timeout: no time left for the 3-epoch")
     assert "and a confirmation" in reason
+
+
+@needs_data
+def test_a_worker_counts_the_timeout_from_the_start_of_the_run(tmp_path):
+    """Spawned workers start after the data loading and the cost estimate; the
+    confirmation after them counts --timeout from the start of the run, so they must too:
+    a worker whose run began a timeout ago starts no trial."""
+    config = SearchConfig(
+        budget=8000,
+        epochs=3,
+        trials=1,
+        storage=f"sqlite:///{tmp_path}/s.db",
+        artifacts=str(tmp_path / "artifacts"),
+        data_dir=DATA,
+        train_subset=300,
+        val_size=200,
+        timeout=600,
+        started_at=time.time() - 600,
+    )
+    assert config.deadline() <= time.monotonic()
+    study = create_or_resume(config)
+    run_worker(config)
+    assert study.get_trials() == []
+    fresh = SearchConfig(timeout=600)  # a hand-started worker counts from its own start
+    assert 599 < fresh.deadline() - time.monotonic() <= 600
 
 
 def stored_study(folder: Path) -> optuna.Study:

@@ -174,7 +174,8 @@ def search(
         )
         return result
     deadline = None if timeout is None else config.deadline()
-    _confirm(result, top_k, seeds, artifacts, data_dir, device, progress, deadline)
+    # As many side-by-side seeds as workers: what the search kept time for.
+    _confirm(result, top_k, seeds, artifacts, data_dir, device, progress, deadline, workers)
     return result
 
 
@@ -236,6 +237,7 @@ def confirm(
     device: str = "auto",
     progress: bool = True,
     timeout: float | None = None,
+    workers: int = 1,
 ) -> list[Confirmation]:
     """(Re)confirm the study's best trials (``budgetnas confirm``): retrain the ``top_k``
     best on the full training set with ``seeds`` seeds, score them on the test set at the
@@ -243,9 +245,10 @@ def confirm(
     already confirmed with as many seeds are reused; trials that would not finish
     within ``timeout`` seconds are skipped. Returns the confirmations, best validation
     first: each has ``test_accuracy`` (per seed), ``mean``, ``min`` and ``selected``.
+    ``workers`` seeds train side by side (processes splitting the CPU cores).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    return _confirm(study, top_k, seeds, artifacts, data_dir, device, progress, deadline)
+    return _confirm(study, top_k, seeds, artifacts, data_dir, device, progress, deadline, workers)
 
 
 def _confirm(
@@ -257,6 +260,7 @@ def _confirm(
     device: str,
     progress: bool,
     deadline: float | None,
+    workers: int,
 ) -> list[Confirmation]:
     results = confirm_study(
         study,
@@ -267,6 +271,7 @@ def _confirm(
         device=check_device(device),
         progress=progress,
         deadline=deadline,
+        workers=workers,
     )
     winners = selected(study)
     if winners:

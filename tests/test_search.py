@@ -159,10 +159,9 @@ def test_candidates_over_the_budget_or_the_cap_are_pruned_before_training(
         assert "train_seconds" not in trial.user_attrs  # it cost no training at all
 
 
-def one_tiny_trial(tmp_path: Path, seconds_left: float, **settings) -> optuna.Study:
-    """A study after one trial of 1- and 3-epoch rungs on 300 images, with
-    ``seconds_left`` before the objective's deadline."""
-    config = SearchConfig(
+def tiny_config(tmp_path: Path, **settings) -> SearchConfig:
+    """One trial of 1- and 3-epoch rungs on 300 images, in a study under ``tmp_path``."""
+    return SearchConfig(
         budget=8000,
         epochs=3,
         trials=1,
@@ -174,6 +173,12 @@ def one_tiny_trial(tmp_path: Path, seconds_left: float, **settings) -> optuna.St
         epoch_lines=False,
         **settings,
     )
+
+
+def one_tiny_trial(tmp_path: Path, seconds_left: float, **settings) -> optuna.Study:
+    """A study after one ``tiny_config`` trial, with ``seconds_left`` before the
+    objective's deadline."""
+    config = tiny_config(tmp_path, **settings)
     study = create_or_resume(config)
     fit, validation = search_data(DATA, "cpu", 200, 0, 300)
     objective = Objective(config, fit, validation, torch.device("cpu"))
@@ -209,18 +214,7 @@ def test_a_worker_counts_the_timeout_from_the_start_of_the_run(tmp_path):
     """Spawned workers start after the data loading and the cost estimate; the
     confirmation after them counts --timeout from the start of the run, so they must too:
     a worker whose run began a timeout ago starts no trial."""
-    config = SearchConfig(
-        budget=8000,
-        epochs=3,
-        trials=1,
-        storage=f"sqlite:///{tmp_path}/s.db",
-        artifacts=str(tmp_path / "artifacts"),
-        data_dir=DATA,
-        train_subset=300,
-        val_size=200,
-        timeout=600,
-        started_at=time.time() - 600,
-    )
+    config = tiny_config(tmp_path, timeout=600, started_at=time.time() - 600)
     assert config.deadline() <= time.monotonic()
     study = create_or_resume(config)
     run_worker(config)

@@ -14,6 +14,7 @@ finished trial leaves its weights in Optuna's artifact store.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -50,6 +51,8 @@ from search.train import (
 from space import ZOO, SpecError, analyse, build, normalise
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from search.study import SearchConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -64,29 +67,50 @@ def stop_reason(error: KeyboardInterrupt) -> str:
 
 
 _stopped_by: type[KeyboardInterrupt] | None = None  # what a stop signal raised, once one came
+_held = False  # Optuna is sampling, telling or running callbacks: a stop waits for it
 
 
-def _stop(exception: type[KeyboardInterrupt]) -> NoReturn:
+def _stop(exception: type[KeyboardInterrupt]) -> None:
     global _stopped_by
     _stopped_by = exception
-    raise exception
+    if not _held:
+        raise exception
 
 
-def _terminate_once(signum: int, frame: object) -> NoReturn:
+def _terminate_once(signum: int, frame: object) -> None:
     """SIGTERM: once, so that a second signal cannot interrupt the cleanup."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _stop(Terminated)
 
 
-def _interrupt_once(signum: int, frame: object) -> NoReturn:
+def _interrupt_once(signum: int, frame: object) -> None:
     """SIGINT in a worker: a Ctrl-C from the terminal plus the one the search process
     passes on must not interrupt the cleanup."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stop(KeyboardInterrupt)
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
+def _interrupt(signum: int, frame: object) -> None:
     _stop(KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold a stop signal while Optuna does its own work around the objective (sampling,
+    telling, callbacks) and raise it when the block ends; the objective lets signals
+    through at once while it runs, where the training is.
+
+    Raised inside Optuna's tell, a KeyboardInterrupt leaves its trial loop as an
+    UnboundLocalError (a traceback and exit code 1 instead of a clean stop) and can cut a
+    storage write short. Held for those moments, the trial ends as Optuna finishes it.
+    """
+    global _held
+    _held = True
+    try:
+        yield
+    finally:
+        _held = False
+    raise_if_stopped()
 
 
 def raise_if_stopped() -> None:
@@ -140,6 +164,19 @@ class Objective:
         self.slowest_first_rung = 0.0  # seconds: what starting another trial may cost
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Run the trial with stop signals let through (see ``stop_signals_held``)."""
+        global _held
+        held, _held = _held, False
+        try:
+            raise_if_stopped()  # one that came while Optuna sampled this trial
+            return self._run(trial)
+        except KeyboardInterrupt as error:
+            trial.set_user_attr("fail_reason", stop_reason(error))
+            raise
+        finally:
+            _held = held
+
+    def _run(self, trial: optuna.Trial) -> float:
         config = self.config
         self.trial_number = trial.number
         if not _claim_slot(trial, config.trials):
@@ -202,9 +239,6 @@ class Objective:
             reason = out_of_memory_reason(error)
             trial.set_user_attr("fail_reason", reason)
             raise CPUOutOfMemory(reason) from error
-        except KeyboardInterrupt as error:
-            trial.set_user_attr("fail_reason", stop_reason(error))
-            raise
         finally:
             trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 2))
         self._save_weights(trial, result.state_dict)

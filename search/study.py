@@ -37,6 +37,7 @@ from search.objective import (
     Terminated,
     handle_stop_signals,
     raise_if_stopped,
+    stop_signals_held,
 )
 from search.plan import PROMOTE_ONE_IN
 from search.sampler import default_max_macs
@@ -450,12 +451,13 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
         waiting_since, noticed = None, False
         objective.trial_number = None
         try:
-            study.optimize(
-                objective,
-                n_trials=1,
-                catch=(SurplusTrial, torch.cuda.OutOfMemoryError, CPUOutOfMemory, OutOfTime),
-                callbacks=[progress],
-            )
+            with stop_signals_held():
+                study.optimize(
+                    objective,
+                    n_trials=1,
+                    catch=(SurplusTrial, torch.cuda.OutOfMemoryError, CPUOutOfMemory, OutOfTime),
+                    callbacks=[progress],
+                )
         except KeyboardInterrupt:
             if objective.trial_number is not None:
                 _requeue_interrupted(study, objective.trial_number)

@@ -41,6 +41,9 @@ def budgetnas() -> list[str]:
     return [script] if script else [sys.executable, "-m", "search.cli"]
 
 
+EPOCHS = 3  # per trial of the searches below
+
+
 def search_args(folder: Path, trials: int, workers: int = 1, images: int = 1000) -> list[str]:
     """A search whose trials train for a few seconds each on one CPU thread.
 
@@ -48,7 +51,7 @@ def search_args(folder: Path, trials: int, workers: int = 1, images: int = 1000)
     so the first trial always trains (a sampled one may be pruned over budget at once).
     """
     return [
-        "search", "--study", STUDY, "--budget", "8000", "--epochs", "3",
+        "search", "--study", STUDY, "--budget", "8000", "--epochs", str(EPOCHS),
         "--trials", str(trials), "--warm-start", "--pruner", "none",
         "--train-subset", str(images), "--val-size", "500", "--device", "cpu",
         "--storage", f"sqlite:///{folder}/s.db", "--artifacts", str(folder / "artifacts"),
@@ -216,8 +219,12 @@ def test_ctrl_c_or_sigterm_fails_the_running_trials_and_the_same_command_resumes
     first = start(args, tmp_path)
 
     def all_workers_training(trials: list[FrozenTrial]) -> FrozenTrial | None:
+        """Every worker inside a training with an epoch still to go, so that each one is
+        interrupted there rather than finishing its trial before the signal lands."""
         busy = [t for t in trials if t.state == TrialState.RUNNING and "device" in t.user_attrs]
-        return busy[0] if len(busy) == workers and busy[0].user_attrs.get("curve") else None
+        epochs_done = [len(t.user_attrs.get("curve", [])) for t in busy]
+        ready = len(busy) == workers and all(1 <= done < EPOCHS for done in epochs_done)
+        return busy[0] if ready else None
 
     wait_for(tmp_path, first, all_workers_training)
     sent = time.monotonic()
@@ -375,3 +382,30 @@ def test_cpu_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_o
     assert "out of memory (CPU)" in capsys.readouterr().out  # the progress line says why
     assert all(weights_file(tmp_path, t).is_file() for t in trials[1:])
     assert all(t.user_attrs["precision"] == "fp32" for t in trials)  # recorded, like "device"
+
+
+def test_a_stop_signal_during_optunas_tell_lets_it_finish_then_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal that lands while Optuna stores a trial's result must not cut that write
+    short (raised there, Optuna turns it into an UnboundLocalError): the trial completes
+    and the stop is raised once ``study.optimize`` returns."""
+    monkeypatch.setattr(search.objective, "_stopped_by", None)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    search.objective.handle_stop_signals()
+    study = optuna.create_study()
+    tell = study._storage.set_trial_state_values
+
+    def tell_with_a_signal(*args: object, **kwargs: object) -> bool:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return tell(*args, **kwargs)
+
+    monkeypatch.setattr(study._storage, "set_trial_state_values", tell_with_a_signal)
+    try:
+        with pytest.raises(search.objective.Terminated), search.objective.stop_signals_held():
+            study.optimize(lambda trial: 1.0, n_trials=1)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        sys.unraisablehook = sys.__unraisablehook__
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]

@@ -28,6 +28,7 @@ installed).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -173,9 +174,10 @@ def search(
             "(search again with a larger trials= resumes the study) or raise budget or max_macs"
         )
         return result
-    deadline = None if timeout is None else config.deadline()
     # As many side-by-side seeds as workers: what the search kept time for.
-    _confirm(result, top_k, seeds, artifacts, data_dir, device, progress, deadline, workers)
+    _confirm(
+        result, top_k, seeds, artifacts, data_dir, device, progress, config.deadline(), workers
+    )
     return result
 
 
@@ -247,7 +249,7 @@ def confirm(
     first: each has ``test_accuracy`` (per seed), ``mean``, ``min`` and ``selected``.
     ``workers`` seeds train side by side (processes splitting the CPU cores).
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
     return _confirm(study, top_k, seeds, artifacts, data_dir, device, progress, deadline, workers)
 
 
@@ -259,7 +261,7 @@ def _confirm(
     data_dir: str | None,
     device: str,
     progress: bool,
-    deadline: float | None,
+    deadline: float,
     workers: int,
 ) -> list[Confirmation]:
     results = confirm_study(

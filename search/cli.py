@@ -455,6 +455,13 @@ def build_parser() -> Parser:
         type=_positive_int,
         help="train on the first N fit images, for quick looks (default: all 50,000)",
     )
+    race.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split, the samplers and the trainings, the same for both arms "
+        "(default: 0)",
+    )
     _add_data(race)
     race.set_defaults(run=cmd_bench_search)
 
@@ -602,7 +609,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             print(_nothing_trained(study, config))
             return 1
-        deadline = None if args.timeout is None else config.deadline()
         results = confirm_study(
             study,
             artifact_store(config.artifacts),
@@ -611,7 +617,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             data_dir=config.data_dir,
             device=check_device(config.device),
             progress=sys.stderr.isatty(),
-            deadline=deadline,
+            deadline=config.deadline(),
             precision=config.precision,
             workers=config.workers,
         )
@@ -827,6 +833,7 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         target=args.target,
         data_dir=args.data_dir,
         device=args.device,
+        seed=args.seed,
         train_subset=args.train_subset,
     )
     return 0

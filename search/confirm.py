@@ -146,7 +146,7 @@ def confirm_study(
     device: torch.device | str = "cpu",
     progress: bool = True,
     out: TextIO | None = None,  # None: whatever sys.stdout is at print time
-    deadline: float | None = None,  # time.monotonic() by which confirmation must end
+    deadline: float = math.inf,  # time.monotonic() by which confirmation must end
     precision: str = "auto",  # autocast dtype of training (search.train.autocast_dtype)
     workers: int = 1,  # seeds trained side by side (processes splitting the CPU cores)
 ) -> list[Confirmation]:
@@ -192,7 +192,7 @@ def confirm_study(
             )
             continue
         cost = confirmation_seconds(trial, seeds, subset, workers)
-        if deadline is not None and time.monotonic() + cost > deadline:
+        if time.monotonic() + cost > deadline:
             print(
                 f"skipping trial {trial.number}: confirming it takes about {cost / 60:.0f} min, "
                 "past --timeout; run 'budgetnas confirm' later",

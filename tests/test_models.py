@@ -15,6 +15,7 @@ from search.cli import main
 from search.confirm import confirmations
 from search.data import confirm_data
 from search.train import evaluate
+from space import ZOO, normalise
 
 ROOT = Path(__file__).parents[1]
 MODELS = sorted(p for p in (ROOT / "models").glob("*.py") if p.stem != "__init__")
@@ -74,6 +75,13 @@ def _searched(path: Path) -> bool:
 
 
 SEARCHED = [p for p in MODELS if _searched(p)]  # exported from a search, not a hand-made net
+
+
+@pytest.mark.parametrize("path", SEARCHED, ids=[p.stem for p in SEARCHED])
+def test_a_searched_model_is_not_one_of_the_reference_nets(path):
+    """Found by the search itself, not a hand-made net that --warm-start handed it."""
+    spec = normalise(load_module(path).SPEC)
+    assert [name for name, reference in ZOO.items() if normalise(reference) == spec] == []
 
 
 @pytest.mark.parametrize("path", SEARCHED, ids=[p.stem for p in SEARCHED])

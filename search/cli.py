@@ -32,6 +32,7 @@ from search.memory import check_memory
 from search.objective import Terminated, handle_stop_signals
 from search.report import write_report
 from search.results import (
+    choices_table,
     export_trial,
     over_budget,
     over_cap,
@@ -98,6 +99,10 @@ EXAMPLES = {
     "worker": ["budgetnas worker mnist-8000p-15e --storage postgresql://user@host/budgetnas"],
     "confirm": ["budgetnas confirm mnist-8000p-15e --top-k 1 --seeds 3"],
     "studies": ["budgetnas studies --storage sqlite:///results/search.db"],
+    "choices": [
+        "budgetnas choices --budget 8000 --storage sqlite:///results/search_8000.db "
+        "sqlite:///results/search_8000_60min.db"
+    ],
     "show": ["budgetnas show mnist-8000p-15e --top 20"],
     "export": [
         "budgetnas export mnist-8000p-15e                # the selected winner",
@@ -295,6 +300,26 @@ def build_parser() -> Parser:
     studies = commands.add_parser("studies", help="list the studies in a storage")
     _add_storage(studies)
     studies.set_defaults(run=cmd_studies)
+
+    choices = commands.add_parser(
+        "choices", help="which choices of the space win, over the trials of some searches"
+    )
+    choices.add_argument(
+        "--storage",
+        nargs="+",
+        required=True,
+        help="Optuna storage URLs whose studies to pool",
+    )
+    choices.add_argument(
+        "--budget", type=_positive_int, help="only studies with this budget (default: all)"
+    )
+    choices.add_argument(
+        "--target",
+        type=_percentage,
+        default=99.4,
+        help="validation accuracy counted as reached (default: %(default)s)",
+    )
+    choices.set_defaults(run=cmd_choices)
 
     show = commands.add_parser("show", help="the top trials of a study")
     show.add_argument("study", help="study name (budgetnas studies lists them)")
@@ -739,6 +764,36 @@ def cmd_studies(args: argparse.Namespace) -> int:
                 "best_val": "best val %",
                 "confirmed": "confirmed trials",
                 "selected": "cleared target",
+            },
+        )
+    )
+    return 0
+
+
+def cmd_choices(args: argparse.Namespace) -> int:
+
+    studies = []
+    for url in args.storage:
+        storage = open_storage(url, must_exist=True, heartbeat_interval=None)
+        for name in optuna.get_all_study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            if args.budget in (None, study.user_attrs.get("settings", {}).get("budget")):
+                studies.append(study)
+    if not studies:
+        within = "" if args.budget is None else f" with budget {args.budget:,}"
+        raise UsageError(f"no study{within} in {', '.join(args.storage)}; check --budget")
+    print(f"{len(studies)} studies: {', '.join(study.study_name for study in studies)}")
+    print(
+        _table(
+            choices_table(studies, args.target),
+            {
+                "choice": "choice",
+                "screened": "candidates",
+                "first_rung": "1-epoch rung median %",
+                "full": "trained to cap",
+                "mean_val": "mean val %",
+                "best_val": "best val %",
+                "reached": f">= {args.target}%",
             },
         )
     )

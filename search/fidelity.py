@@ -285,13 +285,14 @@ def family_table(records: list[dict]) -> list[dict]:
     full = [r for r in records if r["fidelity"] == FULL.name]
     rows = []
     for key in FAMILY_KEYS:
-        for value in sorted({r["space"][key] for r in full}, key=str):
+        # A choice the space no longer makes is missing from candidates drawn since.
+        for value in sorted({r["space"][key] for r in full if key in r["space"]}, key=str):
             row: dict[str, Any] = {"choice": f"{key}={value}"}
             for budget in sorted({r["budget"] for r in full}):
                 chosen = [
                     r["val_accuracy"]
                     for r in full
-                    if r["budget"] == budget and r["space"][key] == value
+                    if r["budget"] == budget and r["space"].get(key) == value
                 ]
                 row[budget] = (statistics.fmean(chosen), len(chosen)) if chosen else None
             rows.append(row)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
@@ -35,6 +37,56 @@ def studies_table(storage: optuna.storages.BaseStorage) -> list[dict]:
                 "best_val": max(values) if values else None,
                 "selected": len(selected(study)),
                 "confirmed": len(confirmations(study)),
+            }
+        )
+    return rows
+
+
+def choices_table(studies: Iterable[optuna.Study], target: float = 99.4) -> list[dict]:
+    """Which choices of the space win: one row per value of each discrete choice the
+    sampler made (family, stages, depths, head...), over the studies' trained candidates.
+
+    A candidate is counted once however often it trained (a retry, or both arms of the
+    search benchmark drawing it from the same seed). ``screened``: candidates that
+    trained at all; ``first_rung``: their median validation accuracy after the 1-epoch
+    rung (searches with the rungs pruner only: epoch 1 of a 15-epoch run is not the same
+    measure); ``full``: candidates trained to the cap, with their mean and best
+    validation accuracy and how many reached ``target``.
+    """
+    seen: set[str] = set()
+    screened: dict[tuple[str, str], int] = {}
+    first: dict[tuple[str, str], list[float]] = {}
+    full: dict[tuple[str, str], list[float]] = {}
+    for study in studies:
+        rungs = study.user_attrs.get("settings", {}).get("pruner") == "rungs"
+        for trial in study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+        ):
+            spec = trial.user_attrs.get("spec")
+            if spec is None or not trial.intermediate_values or str(spec) in seen:
+                continue  # untrained (over a limit), or a candidate counted already
+            seen.add(str(spec))
+            for name, distribution in trial.distributions.items():
+                if isinstance(distribution, optuna.distributions.FloatDistribution):
+                    continue  # continuous: not a choice between kinds of network
+                choice = (name, str(trial.params[name]))
+                screened[choice] = screened.get(choice, 0) + 1
+                if rungs:
+                    first.setdefault(choice, []).append(trial.intermediate_values[1])
+                if trial.state == TrialState.COMPLETE:
+                    full.setdefault(choice, []).append(trial.value)
+    rows = []
+    for choice in sorted(screened):
+        firsts, fulls = first.get(choice, []), full.get(choice, [])
+        rows.append(
+            {
+                "choice": "=".join(choice),
+                "screened": screened[choice],
+                "first_rung": statistics.median(firsts) if firsts else None,
+                "full": len(fulls),
+                "mean_val": statistics.fmean(fulls) if fulls else None,
+                "best_val": max(fulls, default=None),
+                "reached": sum(value >= target for value in fulls),
             }
         )
     return rows

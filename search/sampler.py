@@ -6,17 +6,23 @@ multivariate TPE can model how they interact. A candidate is two or three stages
 
     stage 1 (28x28) -> down -> stage 2 (~13x13) [-> down -> stage 3 (~6x6)] -> [1x1] -> head
 
-It holds the plain conv stacks that do well at these budgets (narrow early stages, two
-max-pools or ref7676's 1x1 + max-pool transitions, bias on or off, GAP + 1x1 head) and
-a separable family whose depthwise blocks are kept out of the 28x28 stage, where they
-are slow per epoch for what they learn.
+It holds the plain conv stacks that do well at these budgets (narrow early stages,
+max-pools, bias on or off, GAP + 1x1 head) and a separable family whose depthwise
+blocks are kept out of the 28x28 stage, where they are slow per epoch for what they
+learn.
 
-Two choices come from the fidelity study (results/fidelity.jsonl, README): at the
-default compute cap the 28x28 stage spends most of a candidate's MACs, so sampled 8k
-candidates ended at 3-5.5k parameters and none reached ref7676 (99.34% validation
-against the sample's best 99.23%). ref7676 spends them differently: its first stage
-ramps 4 -> 8 -> 16 channels and it has only two stages. So the first stage may ramp
-(each block half the width of the next), and a candidate has two or three stages.
+Three choices come from measurements. The fidelity study (results/fidelity.jsonl,
+README) found that at the default compute cap the 28x28 stage spent most of a
+candidate's MACs, so sampled 8k candidates ended at 3-5.5k parameters and none reached
+ref7676 (99.34% validation against the sample's best 99.23%). ref7676 spends them
+differently: its first stage ramps 4 -> 8 -> 16 channels and it has only two stages.
+So a candidate has two or three stages, and its first stage ramps (each block half the
+width of the next). The ramp was first a choice, as was ref7676's 1x1 + max-pool
+transition beside a plain max-pool; over the 117 distinct candidates that the 8k
+searches trained (``budgetnas choices``, README), none without the ramp (6 trained to
+the cap, best 99.29%) and none with transitions (12, best 99.33%) reached 99.4%, against
+8 of 27 with the ramp and 8 of 21 with max-pools, and the 4k search had all but settled
+on both by itself. So both are fixed, and TPE spends its trials on the other choices.
 
 The trial picks each stage's width only relative to the first, and how much of the
 budget to use (`fill`); the widths are then scaled together to the widest net within
@@ -61,8 +67,6 @@ def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None =
     max_macs = default_max_macs(budget) if max_macs is None else max_macs
     family = trial.suggest_categorical("family", ["plain", "separable"])
     stage_count = trial.suggest_int("stages", 2, 3)
-    ramp = trial.suggest_categorical("ramp", [False, True])  # stage 1 as ref7676's 4-8-16
-    downsample = trial.suggest_categorical("downsample", ["maxpool", "transition"])
     bias = trial.suggest_categorical("bias", [False, True])
     dropout = trial.suggest_float("dropout", 0.0, 0.1)
     growth = {
@@ -88,13 +92,10 @@ def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None =
         for stage, (relative_width, depth, padding) in enumerate(stages, start=1):
             width = max(MIN_WIDTH, round(scale * relative_width))
             if stage > 1:
-                if downsample == "transition":
-                    blocks.append({"type": "transition", "out": width, "bias": bias})
-                else:
-                    blocks.append({"type": "maxpool"})
+                blocks.append({"type": "maxpool"})
             kind = "separable" if family == "separable" and stage > 1 else "conv"
             for block in range(depth):
-                halvings = depth - 1 - block if ramp and stage == 1 else 0
+                halvings = depth - 1 - block if stage == 1 else 0  # ramp: 4 -> 8 -> 16
                 blocks.append(
                     {
                         "type": kind,

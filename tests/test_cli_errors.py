@@ -73,6 +73,7 @@ HINT = {
     "no study": r"no study named 'nope'.*check the name, or --storage",
     "no completed": r"has no completed trial.*run 'budgetnas search'",
     "no winner": r"has cleared its target yet; run 'budgetnas confirm' or pass --trial N",
+    "no such budget": r"no study with budget 4,000 in .*; check --budget",
     "no trial": r"has no trial -?\d+; 'budgetnas show done' lists its trials",
     "not completed": r"did not complete \((PRUNED|FAIL)\); export a completed trial",
     "missing data": r"put the four files .* or point --data-dir / BUDGETNAS_DATA",
@@ -335,6 +336,12 @@ for _name, _argv in READERS.items():
     )
     STORAGE[f"no study {_name}"] = Case([_argv[0], "nope", *_argv[2:]], "no study")
 STUDY_STATE = {
+    "choices missing storage": Case(
+        ["choices", "--storage", "sqlite:///studies.db"], "no storage", **FRESH
+    ),
+    "choices no such budget": Case(
+        ["choices", "--storage", "sqlite:///studies.db", "--budget", "4000"], "no such budget"
+    ),
     "export no completed": Case(["export", "empty"], "no completed"),
     "export no completed with trial": Case(["export", "empty", "--trial", "0"], "no completed"),
     "report no completed": Case(["report", "empty"], "no completed"),

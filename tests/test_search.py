@@ -18,7 +18,7 @@ from search.confirm import _train_seeds, confirmations, seed_rounds, selected
 from search.data import confirm_data, resolve_data_dir, search_data
 from search.objective import Objective, OutOfTime
 from search.plan import rungs_for
-from search.results import reached
+from search.results import choices_table, reached
 from search.sampler import default_max_macs, sample_architecture
 from search.storage import open_storage
 from search.study import (
@@ -107,6 +107,61 @@ def test_the_space_holds_ref7676s_ramped_two_stage_shape():
     analysis = analyse(normalise(spec))
     assert 7000 < analysis.params <= 8000
     assert analysis.macs <= default_max_macs(8000)
+
+
+def test_choices_table_counts_each_candidate_once_and_reads_the_first_rung():
+    """Both arms of the search benchmark draw the same candidate from one seed: it counts
+    once. The 1-epoch rung median comes from rungs searches only, an untrained candidate
+    (over the budget) is left out, and a continuous parameter is no choice."""
+    distributions = {
+        "family": optuna.distributions.CategoricalDistribution(["plain", "separable"]),
+        "fill": optuna.distributions.FloatDistribution(0.5, 1.0),
+    }
+
+    def add(study, family, spec, values, value=None):
+        state = TrialState.PRUNED if value is None else TrialState.COMPLETE
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value,
+                params={"family": family, "fill": 0.9},
+                distributions=distributions,
+                user_attrs={"spec": {"blocks": spec}},
+                intermediate_values=values,
+            )
+        )
+
+    rungs, median = optuna.create_study(), optuna.create_study()
+    rungs.set_user_attr("settings", {"pruner": "rungs"})
+    median.set_user_attr("settings", {"pruner": "median"})
+    add(rungs, "plain", 1, {1: 97.0, 3: 98.5, 9: 99.45}, 99.45)
+    add(rungs, "plain", 2, {1: 95.0})
+    add(rungs, "separable", 3, {1: 96.0})
+    add(rungs, "separable", 4, {})  # over the budget: pruned untrained
+    add(median, "plain", 1, {1: 90.0, 2: 99.45}, 99.45)  # the same candidate again
+    add(median, "separable", 5, {1: 90.0, 2: 99.2}, 99.2)
+
+    rows = choices_table([rungs, median], target=99.4)
+    assert rows == [
+        {
+            "choice": "family=plain",
+            "screened": 2,
+            "first_rung": 96.0,
+            "full": 1,
+            "mean_val": 99.45,
+            "best_val": 99.45,
+            "reached": 1,
+        },
+        {
+            "choice": "family=separable",
+            "screened": 2,
+            "first_rung": 96.0,
+            "full": 1,
+            "mean_val": 99.2,
+            "best_val": 99.2,
+            "reached": 0,
+        },
+    ]
 
 
 def test_rungs_fit_the_epoch_cap_and_step_as_successive_halving_expects():

@@ -307,8 +307,8 @@ def build_parser() -> Parser:
     choices.add_argument(
         "--storage",
         nargs="+",
-        required=True,
-        help="Optuna storage URLs whose studies to pool",
+        default=[DEFAULT_STORAGE],
+        help=f"Optuna storage URLs whose studies to pool (default: {DEFAULT_STORAGE})",
     )
     choices.add_argument(
         "--budget", type=_positive_int, help="only studies with this budget (default: all)"

@@ -13,6 +13,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from search.confirm import Confirmation, confirmations, selected
+from search.objective import FINISHED
 from search.storage import UsageError
 from space import export_module
 
@@ -59,9 +60,7 @@ def choices_table(studies: Iterable[optuna.Study], target: float = 99.4) -> list
     full: dict[tuple[str, str], list[float]] = {}
     for study in studies:
         rungs = study.user_attrs.get("settings", {}).get("pruner") == "rungs"
-        for trial in study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-        ):
+        for trial in study.get_trials(deepcopy=False, states=FINISHED):
             spec = trial.user_attrs.get("spec")
             if spec is None or not trial.intermediate_values or str(spec) in seen:
                 continue  # untrained (over a limit), or a candidate counted already

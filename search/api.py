@@ -75,6 +75,7 @@ TRIAL_COLUMNS = (
     "val_accuracy",
     "params",
     "macs",
+    "activations",
     "receptive_field",
     "epoch_seconds",
     "train_seconds",
@@ -109,6 +110,7 @@ def search(
     warm_start: bool = False,
     pruner: str = "rungs",
     max_macs: int | None = None,
+    max_activations: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> optuna.Study:
@@ -124,7 +126,8 @@ def search(
 
     ``train_subset`` trains on that many images for a quick look (the confirmation uses
     the same number); ``warm_start`` first tries the reference networks that fit the
-    budget; ``progress`` shows per-epoch bars (with several ``workers``, one line per
+    budget; ``max_macs`` and ``max_activations`` cap a candidate's compute and time per
+    epoch (defaults grow with the budget); ``progress`` shows per-epoch bars (with several ``workers``, one line per
     epoch instead). Returns the ``optuna.Study``.
     """
     config = SearchConfig(
@@ -144,6 +147,7 @@ def search(
         val_size=val_size,
         pruner=pruner,
         max_macs=max_macs,
+        max_activations=max_activations,
         warm_start=warm_start,
         confirm_seeds=seeds if confirm else 0,
         estimate=True,
@@ -154,7 +158,8 @@ def search(
     config.check()  # bad input raises here, before the header
     print(
         f"study {config.study_name!r} in {config.storage}: budget {config.budget:,} params, "
-        f"cap {config.mac_cap:,} MACs, {config.epochs} epochs, target {config.target}%",
+        f"caps {config.mac_cap:,} MACs and {config.activation_cap:,} activations, "
+        f"{config.epochs} epochs, target {config.target}%",
         flush=True,
     )
     with _quiet_optuna():
@@ -171,7 +176,7 @@ def search(
         counts = ", ".join(f"{n} {what}" for what, n in trial_counts(result).items() if n)
         print(
             f"no trial completed ({counts}), so there is nothing to confirm: run more trials "
-            "(search again with a larger trials= resumes the study) or raise budget or max_macs"
+            "(search again with a larger trials= resumes the study) or raise budget, max_macs or max_activations"
         )
         return result
     # As many side-by-side seeds as workers: what the search kept time for.

@@ -58,15 +58,12 @@ class _LinePrefix:
 
 
 def _arm(config: SearchConfig, threads: int) -> None:
-    """One arm in its own process, stamped with its start time so that the curves share
-    a clock. SIGTERM at the end of the wall time fails its running trial and ends it."""
+    """One arm in its own process. SIGTERM at the end of the wall time fails its running
+    trial and ends it."""
     handle_stop_signals()
     sys.stdout = _LinePrefix(sys.stdout, f"[{multiprocessing.current_process().name}] ")
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = create_or_resume(config)
-    if STARTED not in study.user_attrs:
-        study.set_user_attr(STARTED, time.time())
     try:
         run_search(config)
     except Terminated:
@@ -113,7 +110,11 @@ def run_bench_search(
     for config in configs.values():
         config.check()
         # Created here, one after the other: two processes creating one SQLite schema race.
-        create_or_resume(config)
+        # Both arms' clocks start now, before their processes start, so the curves share
+        # a clock and the arms' start-up counts against their time alike.
+        study = create_or_resume(config)
+        if STARTED not in study.user_attrs:
+            study.set_user_attr(STARTED, time.time())
     threads = max(1, torch.get_num_threads() // len(configs))
     print(
         f"bench search: {', '.join(configs)} side by side for {minutes:g} min, "

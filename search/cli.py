@@ -33,6 +33,7 @@ from search.objective import Terminated, handle_stop_signals
 from search.report import write_report
 from search.results import (
     choices_table,
+    epoch_cost_table,
     export_trial,
     over_budget,
     over_cap,
@@ -40,7 +41,7 @@ from search.results import (
     trials_table,
     write_export,
 )
-from search.sampler import MACS_PER_PARAM
+from search.sampler import ACTIVATIONS_PER_PARAM, MACS_PER_PARAM, MIN_MAX_ACTIVATIONS
 from search.storage import (
     DEFAULT_ARTIFACTS,
     DEFAULT_STORAGE,
@@ -244,6 +245,13 @@ def build_parser() -> Parser:
         type=_positive_int,
         help="compute cap: multiply-accumulates per image; over-cap candidates are pruned "
         f"untrained (default: {MACS_PER_PARAM} x --budget)",
+    )
+    search.add_argument(
+        "--max-activations",
+        type=_positive_int,
+        help="speed cap: values the conv and linear layers write per image, which set the "
+        "time per epoch on a CPU; over-cap candidates are pruned untrained (default: "
+        f"{ACTIVATIONS_PER_PARAM} x --budget, at least {MIN_MAX_ACTIVATIONS:,})",
     )
     search.add_argument(
         "--workers", type=_positive_int, default=1, help="trial processes on this machine"
@@ -601,6 +609,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         val_size=args.val_size,
         pruner=args.pruner,
         max_macs=args.max_macs,
+        max_activations=args.max_activations,
         warm_start=args.warm_start,
         confirm_seeds=0 if args.no_confirm else args.seeds,
         estimate=True,
@@ -612,8 +621,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     config.check()  # run_search checks again; this keeps bad input from printing a header
     print(
         f"study {config.study_name!r} in {config.storage}: budget {config.budget:,} params, "
-        f"cap {config.mac_cap:,} MACs, {config.epochs} epochs, target {config.target}%, "
-        f"pruner {config.pruner}",
+        f"caps {config.mac_cap:,} MACs and {config.activation_cap:,} activations, "
+        f"{config.epochs} epochs, target {config.target}%, pruner {config.pruner}",
         flush=True,
     )
     study = run_search(config)
@@ -659,8 +668,9 @@ def _nothing_trained(study: optuna.Study, config: SearchConfig) -> str:
     if budget_count or cap_count:
         return (
             f"no candidate fits: of {len(trials)} trials, {budget_count} were over the budget of "
-            f"{config.budget:,} parameters and {cap_count} over the cap of {config.mac_cap:,} MACs; "
-            "raise --budget or --max-macs, or run more --trials"
+            f"{config.budget:,} parameters and {cap_count} over the caps of {config.mac_cap:,} MACs "
+            f"or {config.activation_cap:,} activations; raise --budget, --max-macs or "
+            "--max-activations, or run more --trials"
         )
     return (
         f"no trial completed: all {len(trials)} were pruned or failed (see the lines above); "
@@ -710,6 +720,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         val_size=settings["val_size"],
         pruner=args.pruner or settings.get("pruner", "median"),
         max_macs=settings.get("max_macs"),
+        max_activations=settings.get("max_activations"),
         heartbeat=args.heartbeat,
         precision=args.precision or settings.get("precision", "auto"),
     )
@@ -772,20 +783,20 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 def cmd_choices(args: argparse.Namespace) -> int:
 
-    studies = []
+    studies = {}  # "storage study" -> study
     for url in args.storage:
         storage = open_storage(url, must_exist=True, heartbeat_interval=None)
         for name in optuna.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
             if args.budget in (None, study.user_attrs.get("settings", {}).get("budget")):
-                studies.append(study)
+                studies[f"{url} {name}"] = study
     if not studies:
         within = "" if args.budget is None else f" with budget {args.budget:,}"
         raise UsageError(f"no study{within} in {', '.join(args.storage)}; check --budget")
-    print(f"{len(studies)} studies: {', '.join(study.study_name for study in studies)}")
+    print(f"{len(studies)} studies: {', '.join(study.study_name for study in studies.values())}")
     print(
         _table(
-            choices_table(studies, args.target),
+            choices_table(studies.values(), args.target),
             {
                 "choice": "choice",
                 "screened": "candidates",
@@ -797,6 +808,17 @@ def cmd_choices(args: argparse.Namespace) -> int:
             },
         )
     )
+    costs = epoch_cost_table(studies)
+    if costs:
+        print("\nwhat sets the time per epoch (Spearman's rho with the measured seconds):")
+        columns = {
+            "study": "study",
+            "candidates": "candidates",
+            "seconds": "s/epoch",
+            "macs_rho": "MACs",
+            "activations_rho": "activations",
+        }
+        print(_table(costs, columns))
     return 0
 
 
@@ -816,6 +838,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "trial": "trial",
                 "params": "params",
                 "macs": "MACs",
+                "activations": "activations",
                 "epoch_seconds": "s/epoch",
                 "val": "val %",
                 "test_mean": "test mean %",

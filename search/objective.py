@@ -1,8 +1,9 @@
 """One trial: a candidate sampled, checked against the budget, trained and stored.
 
-Its exact parameter count and MACs are known before any training (``space.analyse``),
-so a candidate over the budget or the compute cap costs nothing: it is pruned with the
-reason recorded and the violation handed to TPE through ``trial.set_constraint``.
+Its exact parameter count, MACs and activations are known before any training
+(``space.analyse``), so a candidate over the budget or a compute cap costs nothing: it
+is pruned with the reason recorded and each violation handed to TPE through
+``trial.set_constraint``.
 
 The rest climb the rungs of the search plan (``search.plan``): a short training with
 its own complete schedule, then a longer one, then the full epoch cap, each trained
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     from search.study import SearchConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# The limits a candidate is checked against before training, as TPE constraints.
+CONSTRAINTS = ("params_over_budget", "macs_over_cap", "activations_over_cap")
 
 
 class Terminated(KeyboardInterrupt):
@@ -185,34 +188,43 @@ class Objective:
         if zoo_name:  # enqueued by --warm-start: a reference net
             spec = ZOO[zoo_name]
         else:
-            spec = sample_architecture(trial, config.budget, config.mac_cap)
+            spec = sample_architecture(trial, config.budget, config.mac_cap, config.activation_cap)
         recipe = search_recipe(config.epochs)
         try:
             spec = normalise(spec)
             analysis = analyse(spec)
         except SpecError as error:
-            _prune_untrained(trial, f"invalid spec: {error}", over_budget=1.0, over_cap=1.0)
+            _prune_untrained(trial, f"invalid spec: {error}", {key: 1.0 for key in CONSTRAINTS})
         trial.set_user_attr("spec", spec)
         trial.set_user_attr("params", analysis.params)
         trial.set_user_attr("macs", analysis.macs)
+        trial.set_user_attr("activations", analysis.activations)
         trial.set_user_attr("receptive_field", analysis.receptive_field)
         trial.set_user_attr("recipe", dataclasses.asdict(recipe))
-        over_budget = float(analysis.params - config.budget)
-        over_cap = float(analysis.macs - config.mac_cap)
-        if over_budget > 0 or over_cap > 0:
-            reasons = []
-            if over_budget > 0:
-                reasons.append(f"{analysis.params:,} parameters > budget {config.budget:,}")
-            if over_cap > 0:
-                reasons.append(f"{analysis.macs:,} MACs > cap {config.mac_cap:,}")
-            _prune_untrained(trial, "; ".join(reasons), over_budget, over_cap)
-        _set_constraints(trial, over_budget, over_cap)
+        limits = {  # constraint: (count, limit, what is counted > which limit)
+            "params_over_budget": (analysis.params, config.budget, "parameters > budget"),
+            "macs_over_cap": (analysis.macs, config.mac_cap, "MACs > cap"),
+            "activations_over_cap": (
+                analysis.activations,
+                config.activation_cap,
+                "activations > cap",
+            ),
+        }
+        violations = {key: float(count - limit) for key, (count, limit, _) in limits.items()}
+        reasons = [
+            f"{count:,} {what} {limit:,}"
+            for key, (count, limit, what) in limits.items()
+            if violations[key] > 0
+        ]
+        if reasons:
+            _prune_untrained(trial, "; ".join(reasons), violations)
+        _set_constraints(trial, violations)
         what = f"Reference net **{zoo_name}** (warm start)" if zoo_name else "Sampled candidate"
         # The dashboard's trial page shows this note; a warm-started trial has no Params.
         optuna_dashboard.save_note(
             trial,
-            f"{what}: {analysis.params:,} parameters, {analysis.macs:,} MACs per image, "
-            f"receptive field {analysis.receptive_field}.",
+            f"{what}: {analysis.params:,} parameters, {analysis.macs:,} MACs and "
+            f"{analysis.activations:,} activations per image, receptive field {analysis.receptive_field}.",
         )
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr(
@@ -366,22 +378,20 @@ def _report(trial: optuna.Trial, accuracy: float, step: int, reason: str) -> Non
         raise optuna.TrialPruned()
 
 
-def _prune_untrained(
-    trial: optuna.Trial, reason: str, over_budget: float, over_cap: float
-) -> NoReturn:
-    _set_constraints(trial, over_budget, over_cap)
+def _prune_untrained(trial: optuna.Trial, reason: str, violations: dict[str, float]) -> NoReturn:
+    _set_constraints(trial, violations)
     trial.set_user_attr("pruned_reason", reason)
     raise optuna.TrialPruned(reason)
 
 
-def _set_constraints(trial: optuna.Trial, over_budget: float, over_cap: float) -> None:
+def _set_constraints(trial: optuna.Trial, violations: dict[str, float]) -> None:
     """Hand TPE the budget and compute-cap violations (> 0 violates), once each.
 
     A trial retried after its worker died (RetryHeartbeatStaleTrialCallback) inherits the
     failed trial's system attributes, constraints included; setting them again would only
     make Optuna warn, and the values are the same since the architecture is.
     """
-    for key, value in (("params_over_budget", over_budget), ("macs_over_cap", over_cap)):
+    for key, value in violations.items():
         if key not in trial.constraints:
             trial.set_constraint(key, value)
 

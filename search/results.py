@@ -13,9 +13,10 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from search.confirm import Confirmation, confirmations, selected
+from search.fidelity import spearman
 from search.objective import FINISHED
 from search.storage import UsageError
-from space import export_module
+from space import analyse, export_module
 
 
 def studies_table(storage: optuna.storages.BaseStorage) -> list[dict]:
@@ -91,6 +92,45 @@ def choices_table(studies: Iterable[optuna.Study], target: float = 99.4) -> list
     return rows
 
 
+def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list[dict]:
+    """What predicts a candidate's time per epoch: per study (``studies`` maps a label to
+    each; a study's workers share the machine alike), Spearman's rho of the measured seconds per epoch with the MACs and
+    with the activations per image, over its distinct trained candidates (at least
+    ``minimum``). Seconds are the median epoch on the whole fit split, over every
+    training of the trial, so pruned candidates count too."""
+    rows = []
+    for label, study in studies.items():
+        seconds: dict[str, float] = {}
+        counts: dict[str, tuple[int, int]] = {}
+        for trial in study.get_trials(deepcopy=False, states=FINISHED):
+            spec = trial.user_attrs.get("spec")
+            epochs = [
+                epoch["seconds"]
+                for name, curve in (trial.user_attrs.get("curves") or {}).items()
+                if "images" not in name  # a rung on a subset of the fit split
+                for epoch in curve
+            ] or [epoch["seconds"] for epoch in trial.user_attrs.get("curve", [])]
+            if spec is None or not epochs or str(spec) in seconds:
+                continue
+            seconds[str(spec)] = statistics.median(epochs)
+            analysis = analyse(spec)
+            counts[str(spec)] = (analysis.macs, analysis.activations)
+        if len(seconds) < minimum:
+            continue
+        measured = list(seconds.values())
+        macs, activations = zip(*counts.values(), strict=True)
+        rows.append(
+            {
+                "study": label,
+                "candidates": len(seconds),
+                "seconds": f"{min(measured):.0f}-{max(measured):.0f}",
+                "macs_rho": spearman(list(macs), measured),
+                "activations_rho": spearman(list(activations), measured),
+            }
+        )
+    return rows
+
+
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by outcome. Pruned ones are split by how far they got: untrained (over the
     budget or the compute cap: "too big" and "losing" are different stories), then by
@@ -113,14 +153,25 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def activations(trial: FrozenTrial) -> int | None:
+    """The trial's activations per image; trials stored before they were recorded get
+    them from their spec."""
+    if "activations" in trial.user_attrs:
+        return trial.user_attrs["activations"]
+    spec = trial.user_attrs.get("spec")
+    return analyse(spec).activations if spec is not None else None
+
+
 def over_budget(trial: FrozenTrial) -> bool:
     """Pruned untrained for parameters over the budget (the constraint it handed TPE)."""
     return trial.constraints.get("params_over_budget", 0.0) > 0
 
 
 def over_cap(trial: FrozenTrial) -> bool:
-    """Pruned untrained for MACs over the compute cap."""
-    return trial.constraints.get("macs_over_cap", 0.0) > 0
+    """Pruned untrained for MACs or activations over their caps."""
+    return any(
+        trial.constraints.get(key, 0.0) > 0 for key in ("macs_over_cap", "activations_over_cap")
+    )
 
 
 def _untrained(trial: FrozenTrial) -> bool:
@@ -150,6 +201,7 @@ def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:
                 "trial": trial.number,
                 "params": trial.user_attrs.get("params"),
                 "macs": trial.user_attrs.get("macs"),
+                "activations": activations(trial),
                 "epoch_seconds": trial.user_attrs.get("epoch_seconds"),
                 "val": trial.value,
                 "test_mean": confirmation.mean if confirmation else None,

@@ -53,6 +53,15 @@ MIN_FILL = 0.5  # the smallest share of the budget a candidate is scaled to
 # at 8k (ref7676: 1.14 M), 0.64 M at 4k (the 3,762-param plain net: 0.62 M) and 3.2 M
 # at 20k (ref13010: 2.36 M). Above it, candidates train slowly on a CPU for no gain.
 MACS_PER_PARAM = 160
+# Default cap on activations per image (``space.Analysis.activations``), which set a
+# small net's time per epoch on a CPU more than its MACs do (README, "What an epoch
+# costs"). Most of them are written by the full-resolution first stage, which the good
+# nets keep narrow at every budget: ref7676 has 22k, ref13010 29k, ref19354 40k, the
+# shipped 8k net 36k and the 4k one 26k. 45k keeps all of them; above it, sampled 8k
+# candidates took up to 54 s per epoch on one core, twice the shipped net's time. It
+# grows with budgets over 15k so that wider nets stay in reach.
+MIN_MAX_ACTIVATIONS = 45_000
+ACTIVATIONS_PER_PARAM = 3
 
 
 def default_max_macs(budget: int) -> int:
@@ -60,11 +69,24 @@ def default_max_macs(budget: int) -> int:
     return MACS_PER_PARAM * budget
 
 
-def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None = None) -> Spec:
+def default_max_activations(budget: int) -> int:
+    """The activation cap a search uses unless told otherwise (see MIN_MAX_ACTIVATIONS)."""
+    return max(MIN_MAX_ACTIVATIONS, ACTIVATIONS_PER_PARAM * budget)
+
+
+def sample_architecture(
+    trial: optuna.Trial,
+    budget: int,
+    max_macs: int | None = None,
+    max_activations: int | None = None,
+) -> Spec:
     """The spec for this trial, scaled to use `fill` of the budget within ``max_macs``
-    (default: ``default_max_macs(budget)``). It exceeds a limit only when even its
-    narrowest version does (too deep for a tiny budget); the caller prunes it then."""
+    and ``max_activations`` (defaults: ``default_max_macs(budget)``,
+    ``default_max_activations(budget)``). It exceeds a limit only when even its narrowest
+    version does (too deep for a tiny budget); the caller prunes it then."""
     max_macs = default_max_macs(budget) if max_macs is None else max_macs
+    if max_activations is None:
+        max_activations = default_max_activations(budget)
     family = trial.suggest_categorical("family", ["plain", "separable"])
     stage_count = trial.suggest_int("stages", 2, 3)
     bias = trial.suggest_categorical("bias", [False, True])
@@ -109,23 +131,30 @@ def sample_architecture(trial: optuna.Trial, budget: int, max_macs: int | None =
             blocks.append({"type": "pointwise", "out": squeeze, "bias": bias})
         return {"blocks": blocks, "head": {"type": head, "bias": bias}}
 
-    return widest_within(spec_at, fill * budget, max_macs)
+    return widest_within(spec_at, fill * budget, max_macs, max_activations)
 
 
 def widest_within(
-    spec_at: Callable[[float], Spec], max_params: float, max_macs: float = float("inf")
+    spec_at: Callable[[float], Spec],
+    max_params: float,
+    max_macs: float = float("inf"),
+    max_activations: float = float("inf"),
 ) -> Spec:
-    """``spec_at(scale)`` for the largest scale that keeps it within ``max_params`` and
-    ``max_macs``.
+    """``spec_at(scale)`` for the largest scale that keeps it within ``max_params``,
+    ``max_macs`` and ``max_activations``.
 
-    Both counts only grow with the scale, so a bisection finds it; the exact counts come
+    The counts only grow with the scale, so a bisection finds it; the exact counts come
     from ``space.analyse``, no module is built. ``spec_at(0)`` (every stage at its
     narrowest) comes back when nothing fits.
     """
 
     def fits(scale: float) -> bool:
         analysis = analyse(normalise(spec_at(scale)))
-        return analysis.params <= max_params and analysis.macs <= max_macs
+        return (
+            analysis.params <= max_params
+            and analysis.macs <= max_macs
+            and analysis.activations <= max_activations
+        )
 
     low, high = 0.0, 1.0
     while fits(high):  # widths grow without bound, so this ends

@@ -40,7 +40,7 @@ from search.objective import (
     stop_signals_held,
 )
 from search.plan import PROMOTE_ONE_IN
-from search.sampler import default_max_macs
+from search.sampler import default_max_activations, default_max_macs
 from search.storage import (
     DEFAULT_ARTIFACTS,
     DEFAULT_STORAGE,
@@ -90,6 +90,7 @@ class SearchConfig:
     val_size: int = 10_000
     pruner: str = "rungs"
     max_macs: int | None = None  # compute cap per image; None: sampler.default_max_macs
+    max_activations: int | None = None  # None: sampler.default_max_activations
     warm_start: bool = False
     confirm_seeds: int = 0  # seeds the confirmation after the search will train, if any
     workers: int = 1
@@ -103,6 +104,13 @@ class SearchConfig:
     def mac_cap(self) -> int:
         """The compute cap in force: ``max_macs``, or the default for the budget."""
         return default_max_macs(self.budget) if self.max_macs is None else self.max_macs
+
+    @property
+    def activation_cap(self) -> int:
+        """The activation cap in force: ``max_activations``, or the default for the budget."""
+        if self.max_activations is None:
+            return default_max_activations(self.budget)
+        return self.max_activations
 
     def deadline(self) -> float:
         """time.monotonic() by which the run must end: ``inf`` without --timeout."""
@@ -127,6 +135,11 @@ class SearchConfig:
             (
                 self.max_macs is None or (_is_int(self.max_macs) and self.max_macs > 0),
                 "--max-macs must be a positive integer",
+            ),
+            (
+                self.max_activations is None
+                or (_is_int(self.max_activations) and self.max_activations > 0),
+                "--max-activations must be a positive integer",
             ),
             (self.timeout is None or self.timeout > 0, "--timeout must be a positive number"),
             (
@@ -250,6 +263,7 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
         "pruner": config.pruner,  # what 'budgetnas worker' uses unless told otherwise
         "precision": config.precision,  # likewise; "auto" picks per device
         "max_macs": config.mac_cap,
+        "max_activations": config.activation_cap,
     }
     name = config.study_name
     if name in optuna.get_all_study_names(storage):

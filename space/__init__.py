@@ -6,6 +6,7 @@ from space.spec import (
     Analysis,
     Spec,
     SpecError,
+    activation_count,
     analyse,
     from_json,
     mac_count,
@@ -18,6 +19,7 @@ from space.zoo import ZOO
 __all__ = [
     "ZOO",
     "Analysis",
+    "activation_count",
     "Spec",
     "SpecError",
     "SpecNet",

@@ -21,7 +21,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from real_mnist import DATA, needs_data
 
-from search.check import check, inspect_target, measure_macs, parse_require_forbid
+from search.check import (
+    check,
+    inspect_target,
+    measure_macs,
+    parse_require_forbid,
+)
 from search.cli import main
 from search.storage import UsageError
 from search.target import Target, load_target
@@ -248,6 +253,8 @@ def test_a_tidy_module_passes_the_usual_rules(models, capsys):
     # conv 3x3 (3), max-pool 2 (4, jump 2), conv 3x3 (8), 1x1 head (8), then the GAP
     assert "receptive field       8x8 (traced through the conv and pool layers)" in out
     assert f"MACs per image        {measure_macs(net):,}" in out
+    # conv1 8 x 28 x 28 + conv2 16 x 12 x 12 + head 10 x 12 x 12
+    assert "activations           10,016 per image" in out
 
 
 def test_a_plain_module_fails_them(models, capsys):
@@ -286,6 +293,7 @@ def test_traced_figures_agree_with_the_reference_specs():
         analysis = analyse(spec)
         assert traced.params == inspection.params == analysis.params, name
         assert traced.macs == analysis.macs, name
+        assert traced.activations == analysis.activations, name
         assert traced.receptive_field == analysis.receptive_field, name
         assert traced.found == inspection.found, name
 
@@ -315,6 +323,7 @@ def test_tracing_a_built_spec_gives_the_specs_figures(spec):
     traced = inspect_target(_module_target(spec))
     assert traced.receptive_field == analysis.receptive_field
     assert traced.macs == analysis.macs
+    assert traced.activations == analysis.activations
     assert traced.params == analysis.params
     head, blocks = spec["head"], spec["blocks"]
     pooled_map = analysis.shapes[-1][1] * analysis.shapes[-1][2] > 1

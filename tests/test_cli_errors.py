@@ -543,7 +543,7 @@ def test_a_search_where_no_candidate_fits_says_so_and_what_to_change(
     code, out, err = run([*argv, "--train-subset", "500", "--val-size", "500"], capsys)
     assert code == 1, err
     assert "no candidate fits: of 2 trials, 2 were over the budget of 500 parameters" in out
-    assert "raise --budget or --max-macs" in out
+    assert "raise --budget, --max-macs or --max-activations" in out
     assert "Traceback" not in err
 
 

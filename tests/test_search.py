@@ -18,8 +18,8 @@ from search.confirm import _train_seeds, confirmations, seed_rounds, selected
 from search.data import confirm_data, resolve_data_dir, search_data
 from search.objective import Objective, OutOfTime
 from search.plan import rungs_for
-from search.results import choices_table, reached
-from search.sampler import default_max_macs, sample_architecture
+from search.results import choices_table, epoch_cost_table, reached
+from search.sampler import default_max_activations, default_max_macs, sample_architecture
 from search.storage import open_storage
 from search.study import (
     Progress,
@@ -63,7 +63,7 @@ def test_eta_starts_from_the_cost_estimate_when_there_is_one():
 @pytest.mark.parametrize("budget", [4_000, 8_000, 20_000])
 def test_sampled_specs_are_valid_and_use_the_budget_or_the_compute_cap(budget):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=budget))
-    cap = default_max_macs(budget)
+    cap, activation_cap = default_max_macs(budget), default_max_activations(budget)
     counts = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -71,26 +71,35 @@ def test_sampled_specs_are_valid_and_use_the_budget_or_the_compute_cap(budget):
         counts.append(analysis.params)
         assert analysis.params <= trial.params["fill"] * budget
         assert analysis.macs <= cap
-        # Widest within both limits: none is a wasted proposal (over a limit) or too
-        # small to compete (fill >= 0.5 of the budget, or most of the compute cap).
-        assert analysis.params >= 0.4 * budget or analysis.macs >= 0.6 * cap
+        assert analysis.activations <= activation_cap
+        # Widest within the limits: none is a wasted proposal (over a limit) or too
+        # small to compete (fill >= 0.5 of the budget, or most of a compute cap).
+        assert (
+            analysis.params >= 0.4 * budget
+            or analysis.macs >= 0.6 * cap
+            or analysis.activations >= 0.6 * activation_cap
+        )
         return 0.0
 
     study.optimize(objective, n_trials=150)
-    assert statistics.median(counts) >= 0.6 * budget
+    # Random proposals: 4,917 of 8,000 under the MACs cap alone, 4,780 under both caps.
+    assert statistics.median(counts) >= 0.55 * budget
 
 
-def test_the_compute_cap_shapes_the_candidates():
+@pytest.mark.parametrize("count", ["macs", "activations"])
+def test_the_compute_caps_shape_the_candidates(count):
     """The same proposal under a lower cap comes out narrower, never over it."""
     params = {"family": "plain", "bias": False, "dropout": 0.0, "stages": 3}
     params |= {"growth2": 2.0, "growth3": 1.0, "squeeze": 0, "head": "conv_gap", "fill": 1.0}
     params |= {f"depth{s}": 2 for s in (1, 2, 3)} | {"padding1": 1, "padding2": 1}
-    macs = []
-    for cap in (2_000_000, 500_000):
+    counted = []
+    for cap in (10**8, {"macs": 500_000, "activations": 15_000}[count]):
         trial = optuna.trial.FixedTrial(params)
-        macs.append(analyse(normalise(sample_architecture(trial, 8000, cap))).macs)
-        assert macs[-1] <= cap
-    assert macs[1] < macs[0]
+        caps = {"max_macs": 10**8, "max_activations": 10**8, f"max_{count}": cap}
+        spec = sample_architecture(trial, 8000, **caps)
+        counted.append(getattr(analyse(normalise(spec)), count))
+        assert counted[-1] <= cap
+    assert counted[1] < counted[0]
 
 
 def test_the_space_holds_ref7676s_ramped_two_stage_shape():
@@ -164,6 +173,38 @@ def test_choices_table_counts_each_candidate_once_and_reads_the_first_rung():
     ]
 
 
+def test_epoch_cost_table_ranks_measured_seconds_against_macs_and_activations():
+    """The zoo's nets, timed in the order of their activations: rho is 1 for the
+    activations and 0.6 for the MACs, which order them 2, 1, 4, 5, 3. A rung on a subset
+    of the fit split and a repeated candidate do not count."""
+    study = optuna.create_study()
+    by_activations = ["ref18594", "ref7676", "ref13010", "ref19354", "ref14874"]
+    for seconds, name in enumerate(by_activations, start=10):
+        curves = {
+            "1-epoch rung on 5,000 images": [{"seconds": 99.0}],
+            "1-epoch rung": [{"seconds": seconds}],
+            "full": [{"seconds": seconds}, {"seconds": seconds}],
+        }
+        for _ in range(2):  # a candidate trained twice counts once
+            study.add_trial(
+                create_trial(
+                    state=TrialState.COMPLETE,
+                    value=99.0,
+                    user_attrs={"spec": ZOO[name], "curves": curves},
+                    intermediate_values={1: 98.0},
+                )
+            )
+    [row] = epoch_cost_table({"s": study})
+    assert row == {
+        "study": "s",
+        "candidates": 5,
+        "seconds": "10-14",
+        "macs_rho": pytest.approx(0.6),
+        "activations_rho": pytest.approx(1.0),
+    }
+    assert epoch_cost_table({"s": study}, minimum=6) == []
+
+
 def test_rungs_fit_the_epoch_cap_and_step_as_successive_halving_expects():
     assert [(r.epochs, r.images, r.step) for r in rungs_for(15, 50_000)] == [
         (1, None, 1),
@@ -175,14 +216,17 @@ def test_rungs_fit_the_epoch_cap_and_step_as_successive_halving_expects():
 
 
 @pytest.mark.parametrize(
-    ("budget", "max_macs", "reason"),
+    ("budget", "max_macs", "max_activations", "reason"),
     [
-        (100, 10**9, "> budget 100"),  # below the narrowest candidate the sampler can make
-        (10**6, 1_000, "> cap 1,000"),  # a cap no 3x3 conv at 28x28 fits under
+        # below the narrowest candidate the sampler can make
+        (100, 10**9, 10**9, "parameters > budget 100"),
+        # caps no 3x3 conv at 28x28 fits under
+        (10**6, 1_000, 10**9, "MACs > cap 1,000"),
+        (10**6, 10**9, 1_000, "activations > cap 1,000"),
     ],
 )
-def test_candidates_over_the_budget_or_the_cap_are_pruned_before_training(
-    tmp_path, monkeypatch, budget, max_macs, reason
+def test_candidates_over_the_budget_or_a_cap_are_pruned_before_training(
+    tmp_path, monkeypatch, budget, max_macs, max_activations, reason
 ):
     def no_training(*args, **kwargs):
         raise AssertionError("a candidate over the budget or the cap must not train")
@@ -191,6 +235,7 @@ def test_candidates_over_the_budget_or_the_cap_are_pruned_before_training(
     config = SearchConfig(
         budget=budget,
         max_macs=max_macs,
+        max_activations=max_activations,
         epochs=1,
         trials=5,
         storage=f"sqlite:///{tmp_path}/s.db",
@@ -204,10 +249,11 @@ def test_candidates_over_the_budget_or_the_cap_are_pruned_before_training(
     assert [t.state for t in trials] == [TrialState.PRUNED] * 5
     for trial in trials:
         assert reason in trial.user_attrs["pruned_reason"]
-        # Both violations reach TPE; positive is a violation, as Optuna reads constraints.
+        # Every violation reaches TPE; positive is a violation, as Optuna reads constraints.
         assert trial.constraints == {
             "params_over_budget": trial.user_attrs["params"] - budget,
             "macs_over_cap": trial.user_attrs["macs"] - max_macs,
+            "activations_over_cap": trial.user_attrs["activations"] - max_activations,
         }
         assert max(trial.constraints.values()) > 0
         assert "train_seconds" not in trial.user_attrs  # it cost no training at all

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from space import (
     ZOO,
     SpecError,
+    activation_count,
     analyse,
     build,
     from_json,
@@ -121,6 +122,46 @@ def test_analytic_macs_match_torchs_flop_counter(spec):
         return
     assert analysis.macs == measured_macs(build(spec))
     assert analysis.macs == sum(analysis.block_macs) + analysis.head_macs
+
+
+def measured_activations(net: torch.nn.Module) -> int:
+    """Values the conv and linear layers write for one image, taken by forward hooks."""
+    written = []
+
+    def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        written.append(output[0].numel())
+
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    with torch.no_grad():
+        net.eval()(torch.rand(1, 1, 28, 28))
+    for handle in handles:
+        handle.remove()
+    return sum(written)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs())
+def test_analytic_activations_match_forward_hooks(spec):
+    try:
+        analysis = analyse(spec)
+    except SpecError:
+        return
+    assert analysis.activations == measured_activations(build(spec))
+
+
+@pytest.mark.parametrize(
+    ("name", "activations"),
+    [
+        ("ref7676", 22_282),
+        ("ref13010", 28_626),
+        ("ref14874", 75_392),
+        ("ref18594", 21_962),
+        ("ref19354", 39_994),
+    ],
+)
+def test_zoo_activations(name, activations):
+    assert activation_count(ZOO[name]) == activations == measured_activations(build(ZOO[name]))
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,7 @@ def in_process_config(folder: Path, trials: int) -> SearchConfig:
 def reference_net(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every sampled trial trains ref7676 (under the budget), so each one really trains."""
     monkeypatch.setattr(
-        search.objective, "sample_architecture", lambda trial, budget, cap: ZOO["ref7676"]
+        search.objective, "sample_architecture", lambda trial, budget, *caps: ZOO["ref7676"]
     )
 
 

@@ -26,9 +26,10 @@ on both by itself. So both are fixed, and TPE spends its trials on the other cho
 
 The trial picks each stage's width only relative to the first, and how much of the
 budget to use (`fill`); the widths are then scaled together to the widest net within
-both fill x budget parameters and the compute cap (``max_macs``). Widths drawn on an
-absolute scale left candidates either over the budget (pruned untrained, a wasted
-proposal) or a fraction of it (too small to compete): in a 40-trial search at 8k
+fill x budget parameters and both compute caps (``max_macs``, ``max_activations``).
+Widths drawn on an absolute scale left candidates either over the budget (pruned
+untrained, a wasted proposal) or a fraction of it (too small to compete): in a 40-trial
+search at 8k
 (results/search_8000_absolute_widths.log) 9 were over and the median trained one had
 3,687 parameters.
 

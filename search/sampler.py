@@ -29,9 +29,8 @@ budget to use (`fill`); the widths are then scaled together to the widest net wi
 fill x budget parameters and both compute caps (``max_macs``, ``max_activations``).
 Widths drawn on an absolute scale left candidates either over the budget (pruned
 untrained, a wasted proposal) or a fraction of it (too small to compete): in a 40-trial
-search at 8k
-(results/search_8000_absolute_widths.log) 9 were over and the median trained one had
-3,687 parameters.
+search at 8k (results/search_8000_absolute_widths.log) 9 were over and the median
+trained one had 3,687 parameters.
 
 Every candidate trains with the engine's default recipe (``Recipe()``), the one that
 takes ref7676 past 99.4%: searching recipes too multiplied the space for TPE and gave

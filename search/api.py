@@ -127,8 +127,8 @@ def search(
     ``train_subset`` trains on that many images for a quick look (the confirmation uses
     the same number); ``warm_start`` first tries the reference networks that fit the
     budget; ``max_macs`` and ``max_activations`` cap a candidate's compute and time per
-    epoch (defaults grow with the budget); ``progress`` shows per-epoch bars (with several ``workers``, one line per
-    epoch instead). Returns the ``optuna.Study``.
+    epoch (defaults grow with the budget); ``progress`` shows per-epoch bars (with
+    several ``workers``, one line per epoch instead). Returns the ``optuna.Study``.
     """
     config = SearchConfig(
         budget=budget,
@@ -176,7 +176,8 @@ def search(
         counts = ", ".join(f"{n} {what}" for what, n in trial_counts(result).items() if n)
         print(
             f"no trial completed ({counts}), so there is nothing to confirm: run more trials "
-            "(search again with a larger trials= resumes the study) or raise budget, max_macs or max_activations"
+            "(search again with a larger trials= resumes the study) or raise budget, "
+            "max_macs or max_activations"
         )
         return result
     # As many side-by-side seeds as workers: what the search kept time for.

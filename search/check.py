@@ -146,12 +146,18 @@ def trainable_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def measure_macs(net: nn.Module) -> int:
-    """Multiply-accumulates of one image's forward pass, as torch's flop counter sees it."""
+def _forward_one_image(net: nn.Module) -> None:
+    """One random image through ``net`` in eval mode, leaving its mode as it was."""
     was_training = net.training
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad():
         net.eval()(torch.rand(1, *INPUT))
     net.train(was_training)
+
+
+def measure_macs(net: nn.Module) -> int:
+    """Multiply-accumulates of one image's forward pass, as torch's flop counter sees it."""
+    with FlopCounterMode(display=False) as counter:
+        _forward_one_image(net)
     return counter.get_total_flops() // 2
 
 
@@ -164,10 +170,7 @@ def measure_activations(net: nn.Module) -> int:
         layer.register_forward_hook(lambda m, i, output: written.append(output[0].numel()))
         for layer in layers
     ]
-    was_training = net.training
-    with torch.no_grad():
-        net.eval()(torch.rand(1, *INPUT))
-    net.train(was_training)
+    _forward_one_image(net)
     for hook in hooks:
         hook.remove()
     return sum(written)

@@ -58,7 +58,8 @@ if TYPE_CHECKING:
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # The limits a candidate is checked against before training, as TPE constraints.
-CONSTRAINTS = ("params_over_budget", "macs_over_cap", "activations_over_cap")
+CAP_CONSTRAINTS = ("macs_over_cap", "activations_over_cap")
+CONSTRAINTS = ("params_over_budget", *CAP_CONSTRAINTS)
 
 
 class Terminated(KeyboardInterrupt):
@@ -224,7 +225,8 @@ class Objective:
         optuna_dashboard.save_note(
             trial,
             f"{what}: {analysis.params:,} parameters, {analysis.macs:,} MACs and "
-            f"{analysis.activations:,} activations per image, receptive field {analysis.receptive_field}.",
+            f"{analysis.activations:,} activations per image, "
+            f"receptive field {analysis.receptive_field}.",
         )
         trial.set_user_attr("device", str(self.device))
         trial.set_user_attr(

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.confirm import Confirmation, confirmations, selected
 from search.fidelity import spearman
-from search.objective import FINISHED
+from search.objective import CAP_CONSTRAINTS, FINISHED
 from search.storage import UsageError
 from space import analyse, export_module
 
@@ -94,14 +94,15 @@ def choices_table(studies: Iterable[optuna.Study], target: float = 99.4) -> list
 
 def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list[dict]:
     """What predicts a candidate's time per epoch: per study (``studies`` maps a label to
-    each; a study's workers share the machine alike), Spearman's rho of the measured seconds per epoch with the MACs and
-    with the activations per image, over its distinct trained candidates (at least
-    ``minimum``). Seconds are the median epoch on the whole fit split, over every
-    training of the trial, so pruned candidates count too."""
+    each; a study's workers share the machine alike), Spearman's rho of the measured
+    seconds per epoch with the MACs and with the activations per image, over its
+    distinct trained candidates (at least ``minimum``). Seconds are the median epoch on
+    the whole fit split, over every training of the trial, so pruned candidates count
+    too."""
     rows = []
     for label, study in studies.items():
-        seconds: dict[str, float] = {}
-        counts: dict[str, tuple[int, int]] = {}
+        # spec -> (seconds per epoch, MACs, activations), each candidate once
+        candidates: dict[str, tuple[float, int, int]] = {}
         for trial in study.get_trials(deepcopy=False, states=FINISHED):
             spec = trial.user_attrs.get("spec")
             epochs = [
@@ -110,22 +111,25 @@ def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list
                 if "images" not in name  # a rung on a subset of the fit split
                 for epoch in curve
             ] or [epoch["seconds"] for epoch in trial.user_attrs.get("curve", [])]
-            if spec is None or not epochs or str(spec) in seconds:
+            if spec is None or not epochs or str(spec) in candidates:
                 continue
-            seconds[str(spec)] = statistics.median(epochs)
             analysis = analyse(spec)
-            counts[str(spec)] = (analysis.macs, analysis.activations)
-        if len(seconds) < minimum:
+            candidates[str(spec)] = (
+                statistics.median(epochs),
+                analysis.macs,
+                analysis.activations,
+            )
+        if len(candidates) < minimum:
             continue
-        measured = list(seconds.values())
-        macs, activations = zip(*counts.values(), strict=True)
+        columns = zip(*candidates.values(), strict=True)
+        seconds, macs, activations = (list(column) for column in columns)
         rows.append(
             {
                 "study": label,
-                "candidates": len(seconds),
-                "seconds": f"{min(measured):.0f}-{max(measured):.0f}",
-                "macs_rho": spearman(list(macs), measured),
-                "activations_rho": spearman(list(activations), measured),
+                "candidates": len(candidates),
+                "seconds": f"{min(seconds):.0f}-{max(seconds):.0f}",
+                "macs_rho": spearman(macs, seconds),
+                "activations_rho": spearman(activations, seconds),
             }
         )
     return rows
@@ -169,9 +173,7 @@ def over_budget(trial: FrozenTrial) -> bool:
 
 def over_cap(trial: FrozenTrial) -> bool:
     """Pruned untrained for MACs or activations over their caps."""
-    return any(
-        trial.constraints.get(key, 0.0) > 0 for key in ("macs_over_cap", "activations_over_cap")
-    )
+    return any(trial.constraints.get(key, 0.0) > 0 for key in CAP_CONSTRAINTS)
 
 
 def _untrained(trial: FrozenTrial) -> bool:

@@ -1,11 +1,14 @@
 """What a search will cost, said before it trains anything.
 
-A few training steps of ref7676 on the search's device give images per second at a
-known compute (1.14 M MACs per image); a candidate's epoch is scaled from that by its
-MACs. The plan says how many epochs a trial trains on average: under the rungs, each
+A resumed study has measured its own pace: the median seconds per epoch of the
+candidates it trained is the figure. A new one has not, so a few training steps of
+ref7676 on the search's device give images per second at a known compute (1.14 M MACs
+per image), and a typical candidate's epoch is scaled from that by its MACs. The plan says how many epochs a trial trains on average: under the rungs, each
 rung is reached by one trial in ``PROMOTE_ONE_IN`` of those that ran the rung before.
-It is a rough figure (time is not only MACs: narrow layers at 28x28 are slower per MAC)
-and the progress line replaces it with the measured pace as soon as trials finish.
+The calibrated figure is rough (time is not only MACs: narrow layers at 28x28 are slower
+per MAC, and a dozen steps are noisy: 61 and 141 s per epoch for the same 20k search on
+two machines that then measured 30-50 s), and the progress line replaces it with the
+measured pace as soon as trials finish.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import optuna
 import torch
 
 from search.confirm import confirmation_seconds_from
 from search.data import Split
 from search.plan import PROMOTE_ONE_IN, rungs_for
+from search.results import measured_epoch_seconds
 from search.train import Recipe, train
 from space import ZOO, analyse, build
 
@@ -33,6 +38,7 @@ class CostEstimate:
     trials: int
     workers: int
     confirm_seconds: float
+    source: str = "calibrated"  # how epoch_seconds was found: calibrated, or measured on...
 
     @property
     def trial_seconds(self) -> float:
@@ -50,7 +56,7 @@ class CostEstimate:
         return (
             f"cost estimate: about {_duration(self.search_seconds)} for {self.trials} trials "
             f"({self.epochs_per_trial:.1f} epochs each on average, ~{self.epoch_seconds:.0f} s "
-            f"per epoch){confirm}; the ETA below follows the measured pace"
+            f"per epoch, {self.source}){confirm}; the ETA below follows the measured pace"
         )
 
 
@@ -85,13 +91,23 @@ def estimate_cost(
     workers: int = 1,
     confirm_seeds: int = 0,
     train_subset: int | None = None,
+    study: optuna.Study | None = None,
 ) -> CostEstimate:
-    """The estimate for a search of ``trials`` trials on ``fit`` (see the module doc)."""
-    rate = images_per_second(fit, device)
-    reference_macs = analyse(ZOO["ref7676"]).macs
-    # Workers share the device that the calibration had to itself: each trains at about
-    # 1 / workers of the rate (side by side they gain 1.04-1.24x in all on a CPU).
-    epoch_seconds = len(fit) / rate * (TYPICAL_CAP_SHARE * mac_cap / reference_macs) * workers
+    """The estimate for a search of ``trials`` more trials on ``fit`` (see the module
+    doc): from ``study``'s measured pace when it has trained a few candidates, else from
+    a calibration on ``device``."""
+    measured = measured_epoch_seconds(study) if study is not None else None
+    if measured:
+        epoch_seconds, candidates = measured
+        source = f"measured on {candidates} candidates of this study"
+    else:
+        rate = images_per_second(fit, device)
+        reference_macs = analyse(ZOO["ref7676"]).macs
+        # Workers share the device that the calibration had to itself: each trains at
+        # about 1 / workers of the rate (side by side they gain 1.04-1.24x on a CPU).
+        share = TYPICAL_CAP_SHARE * mac_cap / reference_macs
+        epoch_seconds = len(fit) / rate * share * workers
+        source = "calibrated"
     if pruner == "rungs":
         rungs = rungs_for(epochs, len(fit))
         epochs_per_trial = sum(
@@ -105,4 +121,4 @@ def estimate_cost(
     confirm_seconds = confirmation_seconds_from(
         epochs * epoch_seconds, len(fit), confirm_seeds, train_subset, workers
     )
-    return CostEstimate(epoch_seconds, epochs_per_trial, trials, workers, confirm_seconds)
+    return CostEstimate(epoch_seconds, epochs_per_trial, trials, workers, confirm_seconds, source)

@@ -92,6 +92,32 @@ def choices_table(studies: Iterable[optuna.Study], target: float = 99.4) -> list
     return rows
 
 
+def full_split_epoch_seconds(trial: FrozenTrial) -> list[float]:
+    """The measured seconds of each epoch the trial trained on the whole fit split, over
+    all its trainings (rungs and full cap); epochs on a subset of the split are left out."""
+    return [
+        epoch["seconds"]
+        for name, curve in (trial.user_attrs.get("curves") or {}).items()
+        if "images" not in name  # a rung on a subset of the fit split
+        for epoch in curve
+    ] or [epoch["seconds"] for epoch in trial.user_attrs.get("curve", [])]
+
+
+def measured_epoch_seconds(study: optuna.Study, minimum: int = 3) -> tuple[float, int] | None:
+    """The median seconds per epoch of the study's trained candidates (each the median
+    of its own epochs) and how many there were; None below ``minimum`` candidates.
+    Workers that shared the machine are in the figure, as they will be on resume."""
+    per_candidate: dict[str, float] = {}
+    for trial in study.get_trials(deepcopy=False, states=FINISHED):
+        spec = trial.user_attrs.get("spec")
+        epochs = full_split_epoch_seconds(trial)
+        if spec is not None and epochs:
+            per_candidate.setdefault(str(spec), statistics.median(epochs))
+    if len(per_candidate) < minimum:
+        return None
+    return statistics.median(per_candidate.values()), len(per_candidate)
+
+
 def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list[dict]:
     """What predicts a candidate's time per epoch: per study (``studies`` maps a label to
     each; a study's workers share the machine alike), Spearman's rho of the measured
@@ -105,12 +131,7 @@ def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list
         candidates: dict[str, tuple[float, int, int]] = {}
         for trial in study.get_trials(deepcopy=False, states=FINISHED):
             spec = trial.user_attrs.get("spec")
-            epochs = [
-                epoch["seconds"]
-                for name, curve in (trial.user_attrs.get("curves") or {}).items()
-                if "images" not in name  # a rung on a subset of the fit split
-                for epoch in curve
-            ] or [epoch["seconds"] for epoch in trial.user_attrs.get("curve", [])]
+            epochs = full_split_epoch_seconds(trial)
             if spec is None or not epochs or str(spec) in candidates:
                 continue
             analysis = analyse(spec)

@@ -591,6 +591,7 @@ def run_search(config: SearchConfig) -> optuna.Study:
             workers=config.workers,
             confirm_seeds=config.confirm_seeds,
             train_subset=config.train_subset,
+            study=study,
         )
         print(estimate.line(), flush=True)
         config = dataclasses.replace(config, estimated_trial_seconds=estimate.trial_seconds)

@@ -13,12 +13,13 @@ import torch
 from optuna.trial import TrialState, create_trial
 from real_mnist import DATA, needs_data
 
+from search import estimate
 from search.cli import main
 from search.confirm import _train_seeds, confirmations, seed_rounds, selected
-from search.data import confirm_data, resolve_data_dir, search_data
+from search.data import Split, confirm_data, resolve_data_dir, search_data
 from search.objective import Objective, OutOfTime
 from search.plan import rungs_for
-from search.results import choices_table, epoch_cost_table, reached
+from search.results import choices_table, epoch_cost_table, measured_epoch_seconds, reached
 from search.sampler import default_max_activations, default_max_macs, sample_architecture
 from search.storage import open_storage
 from search.study import (
@@ -173,10 +174,10 @@ def test_choices_table_counts_each_candidate_once_and_reads_the_first_rung():
     ]
 
 
-def test_epoch_cost_table_ranks_measured_seconds_against_macs_and_activations():
-    """The zoo's nets, timed in the order of their activations: rho is 1 for the
-    activations and 0.6 for the MACs, which order them 2, 1, 4, 5, 3. A rung on a subset
-    of the fit split and a repeated candidate do not count."""
+def timed_zoo_study() -> optuna.Study:
+    """The zoo's nets as trained trials that took 10-14 s per epoch on the whole fit split,
+    in the order of their activations, each trained twice; a 1-epoch rung on a subset of
+    the split took 99 s."""
     study = optuna.create_study()
     by_activations = ["ref18594", "ref7676", "ref13010", "ref19354", "ref14874"]
     for seconds, name in enumerate(by_activations, start=10):
@@ -194,6 +195,13 @@ def test_epoch_cost_table_ranks_measured_seconds_against_macs_and_activations():
                     intermediate_values={1: 98.0},
                 )
             )
+    return study
+
+
+def test_epoch_cost_table_ranks_measured_seconds_against_macs_and_activations():
+    """rho is 1 for the activations and 0.6 for the MACs, which order the zoo 2, 1, 4, 5,
+    3. A rung on a subset of the fit split and a repeated candidate do not count."""
+    study = timed_zoo_study()
     [row] = epoch_cost_table({"s": study})
     assert row == {
         "study": "s",
@@ -203,6 +211,32 @@ def test_epoch_cost_table_ranks_measured_seconds_against_macs_and_activations():
         "activations_rho": pytest.approx(1.0),
     }
     assert epoch_cost_table({"s": study}, minimum=6) == []
+
+
+def test_a_resumed_search_estimates_its_cost_from_its_own_measured_pace(monkeypatch):
+    """A study that has trained candidates gives the estimate its median seconds per
+    epoch (subset rungs left out), and no calibration runs; too few candidates do not."""
+    study = timed_zoo_study()
+    assert measured_epoch_seconds(study) == (12, 5)
+    assert measured_epoch_seconds(study, minimum=6) is None
+
+    def no_calibration(*args):
+        raise AssertionError("calibrated although the study has measured its pace")
+
+    monkeypatch.setattr(estimate, "images_per_second", no_calibration)
+    fit = Split(torch.zeros(0), torch.zeros(50_000, dtype=torch.int64))
+    cost = estimate.estimate_cost(
+        fit=fit,
+        device=torch.device("cpu"),
+        epochs=15,
+        trials=10,
+        pruner="none",
+        mac_cap=1,
+        study=study,
+    )
+    assert cost.epoch_seconds == 12
+    assert cost.search_seconds == 12 * 15 * 10
+    assert "~12 s per epoch, measured on 5 candidates of this study" in cost.line()
 
 
 def test_rungs_fit_the_epoch_cap_and_step_as_successive_halving_expects():

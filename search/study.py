@@ -438,48 +438,61 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
     objective.deadline = deadline
     waiting_since: float | None = None  # when the remaining slots were all taken
     noticed = False
-    # A new trial's first rung is not checked against the clock (nothing measured says
-    # what it costs yet): start one only if the slowest first rung so far still ends
-    # before the confirmation's reserve.
-    while (
-        time.monotonic() + objective.slowest_first_rung + _confirmation_reserve(study, config)
-        < deadline
-    ):
-        raise_if_stopped()  # a stop signal lost between trials
-        if parent_pid is not None and os.getppid() != parent_pid:
-            print(f"worker {worker}: the search process is gone; stopping", file=sys.stderr)
-            return
-        _fail_stale_trials(study)  # a dead worker's trial must not hold a slot
-        finished = finished_count(study)
-        if finished >= config.trials:
-            return
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if finished + running >= config.trials:
-            if waiting_since is None:
-                waiting_since = time.monotonic()
-            elif not noticed and time.monotonic() - waiting_since >= WAIT_NOTICE_S:
-                print(_waiting_notice(worker, running, config.heartbeat), flush=True)
-                noticed = True
-            time.sleep(WAIT_POLL_S)
-            continue
-        waiting_since, noticed = None, False
-        objective.trial_number = None
-        try:
-            with stop_signals_held():
-                study.optimize(
-                    objective,
-                    n_trials=1,
-                    catch=(SurplusTrial, torch.cuda.OutOfMemoryError, CPUOutOfMemory, OutOfTime),
-                    callbacks=[progress],
-                )
-        except KeyboardInterrupt:
+    # Candidates that --timeout stopped are queued for a resume only when this run ends:
+    # queued at once, the next trial here would be the same candidate, retraining the
+    # rungs it had just trained only to be stopped at the same rung again.
+    started: list[int] = []  # the trials this run started
+    try:
+        # A new trial's first rung is not checked against the clock (nothing measured says
+        # what it costs yet): start one only if the slowest first rung so far still ends
+        # before the confirmation's reserve.
+        while (
+            time.monotonic() + objective.slowest_first_rung + _confirmation_reserve(study, config)
+            < deadline
+        ):
+            raise_if_stopped()  # a stop signal lost between trials
+            if parent_pid is not None and os.getppid() != parent_pid:
+                print(f"worker {worker}: the search process is gone; stopping", file=sys.stderr)
+                return
+            _fail_stale_trials(study)  # a dead worker's trial must not hold a slot
+            finished = finished_count(study)
+            if finished >= config.trials:
+                return
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if finished + running >= config.trials:
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                elif not noticed and time.monotonic() - waiting_since >= WAIT_NOTICE_S:
+                    print(_waiting_notice(worker, running, config.heartbeat), flush=True)
+                    noticed = True
+                time.sleep(WAIT_POLL_S)
+                continue
+            waiting_since, noticed = None, False
+            objective.trial_number = None
+            try:
+                with stop_signals_held():
+                    study.optimize(
+                        objective,
+                        n_trials=1,
+                        catch=(
+                            SurplusTrial,
+                            torch.cuda.OutOfMemoryError,
+                            CPUOutOfMemory,
+                            OutOfTime,
+                        ),
+                        callbacks=[progress],
+                    )
+            except KeyboardInterrupt:
+                if objective.trial_number is not None:
+                    _requeue_interrupted(study, objective.trial_number)
+                raise
             if objective.trial_number is not None:
-                _requeue_interrupted(study, objective.trial_number)
-            raise
-        if objective.trial_number is not None:
-            _requeue_out_of_time(study, objective.trial_number)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # after an OOM, give the memory back to other workers
+                started.append(objective.trial_number)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # after an OOM, give the memory back to other workers
+    finally:
+        for number in started:
+            _requeue_out_of_time(study, number)
 
 
 def _requeue_out_of_time(study: optuna.Study, number: int) -> None:

@@ -333,6 +333,23 @@ def test_a_rung_that_would_pass_the_timeout_is_not_started_and_the_trial_is_queu
 
 
 @needs_data
+def test_a_candidate_the_timeout_stopped_waits_for_the_resume_not_this_run(tmp_path):
+    """Its copy is queued when the run ends: run again in the same run, it would retrain
+    the rungs it had just trained and be stopped at the same rung again."""
+    # No 3-epoch rung fits beside a million-seed confirmation: every promoted trial stops.
+    config = tiny_config(tmp_path, timeout=15, confirm_seeds=1_000_000)
+    study = create_or_resume(config)
+    run_worker(config)
+    stopped = study.get_trials(states=(TrialState.FAIL,))
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert stopped and all(t.user_attrs["fail_reason"].startswith("--timeout") for t in stopped)
+    ran = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    assert not any("failed_trial" in t.system_attrs for t in ran)  # no copy ran here
+    assert [t.system_attrs["failed_trial"] for t in queued] == [t.number for t in stopped]
+    assert [t.params for t in queued] == [t.params for t in stopped]
+
+
+@needs_data
 def test_the_full_rung_waits_unless_its_confirmation_fits_too(tmp_path):
     """A search under --timeout must end with time to confirm what it found: the full
     rung of a candidate that could not also be confirmed in time is not started."""

@@ -3,12 +3,13 @@
 A resumed study has measured its own pace: the median seconds per epoch of the
 candidates it trained is the figure. A new one has not, so a few training steps of
 ref7676 on the search's device give images per second at a known compute (1.14 M MACs
-per image), and a typical candidate's epoch is scaled from that by its MACs. The plan says how many epochs a trial trains on average: under the rungs, each
-rung is reached by one trial in ``PROMOTE_ONE_IN`` of those that ran the rung before.
+per image), and a typical candidate's epoch is scaled from that by its MACs. The plan
+says how many epochs a trial trains on average: under the rungs, each rung is reached
+by one trial in ``PROMOTE_ONE_IN`` of those that ran the rung before.
 The calibrated figure is rough (time is not only MACs: narrow layers at 28x28 are slower
 per MAC, and a dozen steps are noisy: 61 and 141 s per epoch for the same 20k search on
-two machines that then measured 30-50 s), and the progress line replaces it with the
-measured pace as soon as trials finish.
+two machines, whose candidates then took a median 52 s), and the progress line replaces
+it with the measured pace as soon as trials finish.
 """
 
 from __future__ import annotations

@@ -103,19 +103,26 @@ def full_split_epoch_seconds(trial: FrozenTrial) -> list[float]:
     ] or [epoch["seconds"] for epoch in trial.user_attrs.get("curve", [])]
 
 
-def measured_epoch_seconds(study: optuna.Study, minimum: int = 3) -> tuple[float, int] | None:
-    """The median seconds per epoch of the study's trained candidates (each the median
-    of its own epochs) and how many there were; None below ``minimum`` candidates.
-    Workers that shared the machine are in the figure, as they will be on resume."""
-    per_candidate: dict[str, float] = {}
+def candidate_epoch_seconds(study: optuna.Study) -> list[tuple[dict, float]]:
+    """Each distinct trained candidate of the study once (a retry is the same network),
+    with its median seconds per epoch on the whole fit split over all its trainings."""
+    candidates: dict[str, tuple[dict, float]] = {}
     for trial in study.get_trials(deepcopy=False, states=FINISHED):
         spec = trial.user_attrs.get("spec")
         epochs = full_split_epoch_seconds(trial)
         if spec is not None and epochs:
-            per_candidate.setdefault(str(spec), statistics.median(epochs))
-    if len(per_candidate) < minimum:
+            candidates.setdefault(str(spec), (spec, statistics.median(epochs)))
+    return list(candidates.values())
+
+
+def measured_epoch_seconds(study: optuna.Study, minimum: int = 3) -> tuple[float, int] | None:
+    """The median seconds per epoch of the study's trained candidates and how many there
+    were; None below ``minimum`` candidates. Workers that shared the machine are in the
+    figure, as they will be on resume."""
+    seconds = [per_epoch for _, per_epoch in candidate_epoch_seconds(study)]
+    if len(seconds) < minimum:
         return None
-    return statistics.median(per_candidate.values()), len(per_candidate)
+    return statistics.median(seconds), len(seconds)
 
 
 def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list[dict]:
@@ -127,23 +134,13 @@ def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list
     too."""
     rows = []
     for label, study in studies.items():
-        # spec -> (seconds per epoch, MACs, activations), each candidate once
-        candidates: dict[str, tuple[float, int, int]] = {}
-        for trial in study.get_trials(deepcopy=False, states=FINISHED):
-            spec = trial.user_attrs.get("spec")
-            epochs = full_split_epoch_seconds(trial)
-            if spec is None or not epochs or str(spec) in candidates:
-                continue
-            analysis = analyse(spec)
-            candidates[str(spec)] = (
-                statistics.median(epochs),
-                analysis.macs,
-                analysis.activations,
-            )
+        candidates = candidate_epoch_seconds(study)
         if len(candidates) < minimum:
             continue
-        columns = zip(*candidates.values(), strict=True)
-        seconds, macs, activations = (list(column) for column in columns)
+        seconds = [per_epoch for _, per_epoch in candidates]
+        analyses = [analyse(spec) for spec, _ in candidates]
+        macs = [analysis.macs for analysis in analyses]
+        activations = [analysis.activations for analysis in analyses]
         rows.append(
             {
                 "study": label,

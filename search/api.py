@@ -4,7 +4,7 @@ The same steps as the ``budgetnas`` command, as plain functions for a notebook (
 Colab) or a script. They run the very code the command runs, print the same progress
 (a line per trial with an overall bar and ETA; per-epoch bars through ``tqdm.auto``,
 widgets in a notebook when ipywidgets is installed) and raise exceptions instead of
-exiting: ``search.storage.UsageError`` for bad input, ``search.data.DataError`` for
+exiting: ``search.errors.UsageError`` for bad input, ``search.engine.data.DataError`` for
 missing or damaged MNIST files, ``space.SpecError`` for an invalid architecture.
 
 ::
@@ -41,20 +41,17 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 from torch import nn
 
-from search.confirm import Confirmation, confirm_study, confirmations, selected
-from search.data import confirm_data
-from search.results import export_trial, trial_counts
-from search.storage import (
-    DEFAULT_ARTIFACTS,
-    DEFAULT_STORAGE,
-    UsageError,
-    load_study,
-    open_storage,
-)
-from search.study import SearchConfig, check_device, run_search
-from search.target import load_target
-from search.train import EpochStats, Recipe
-from search.train import train as train_model
+from search.engine.data import confirm_data
+from search.engine.train import EpochStats, Recipe
+from search.engine.train import train as train_model
+from search.errors import UsageError
+from search.own_model.target import load_target
+from search.results.export import export_trial
+from search.results.tables import trial_counts
+from search.study.config import SearchConfig, check_device
+from search.study.confirm import Confirmation, confirm_study, confirmations, selected
+from search.study.run import run_search
+from search.study.storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, load_study, open_storage
 from space import build, normalise
 
 __all__ = [

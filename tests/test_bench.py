@@ -14,9 +14,12 @@ import pytest
 import torch
 from real_mnist import DATA, needs_data
 
-from search.bench import AffineMNIST, add_arguments, benchmark, pil_affine, run
-from search.storage import UsageError
-from search.train import Recipe
+from search.bench.conventional import AffineMNIST, pil_affine
+from search.bench.speed import benchmark
+from search.cli.bench_commands import add_bench_arguments as add_arguments
+from search.cli.bench_commands import cmd_bench as run
+from search.engine.train import Recipe
+from search.errors import UsageError
 
 SPEEDUP = re.compile(r"speedup: (\d+(?:\.\d+)?)x")
 

@@ -6,8 +6,8 @@ import re
 import optuna
 from real_mnist import DATA, needs_data
 
-from search.bench_search import ARMS, STARTED, run_bench_search
-from search.storage import open_storage
+from search.bench.arms import ARMS, STARTED, run_bench_search
+from search.study.storage import open_storage
 
 
 @needs_data

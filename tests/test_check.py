@@ -21,15 +21,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from real_mnist import DATA, needs_data
 
-from search.check import (
+from search.cli import main
+from search.errors import UsageError
+from search.own_model.check import (
     check,
     inspect_target,
     measure_macs,
     parse_require_forbid,
 )
-from search.cli import main
-from search.storage import UsageError
-from search.target import Target, load_target
+from search.own_model.target import Target, load_target
 from space import ZOO, SpecError, analyse, build, export_module, normalise
 
 MODELS = textwrap.dedent(

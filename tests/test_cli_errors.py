@@ -30,7 +30,7 @@ from optuna.trial import TrialState, create_trial
 from real_mnist import DATA, needs_data
 
 from search.cli import main
-from search.train import Recipe
+from search.engine.train import Recipe
 from space import ZOO, analyse, build, normalise
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/x"  # nothing listens on port 1

@@ -17,8 +17,9 @@ from optuna.artifacts import upload_artifact
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.dashboard import dashboard_url, serve
-from search.storage import UsageError, artifact_store
+from search.errors import UsageError
+from search.results.dashboard import dashboard_url, serve
+from search.study.storage import artifact_store
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 30
@@ -82,7 +83,7 @@ def test_dashboard_serves_the_study_its_trials_and_their_weights(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     code = (
-        "from search.dashboard import serve; "
+        "from search.results.dashboard import serve; "
         f"serve({url!r}, {str(tmp_path / 'artifacts')!r}, port={port})"
     )
     process = subprocess.Popen(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.data import DataError, confirm_data, resolve_data_dir, search_data
+from search.engine.data import DataError, confirm_data, resolve_data_dir, search_data
 
 N_TRAIN, N_TEST = 300, 50
 

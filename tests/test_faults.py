@@ -27,9 +27,11 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from real_mnist import DATA, needs_data
 
-import search.objective
-from search.study import FINISHED, SearchConfig, run_search
-from search.train import Recipe
+import search.study.objective
+import search.study.signals
+from search.engine.train import Recipe
+from search.study.config import FINISHED, SearchConfig
+from search.study.run import run_search
 from space import ZOO
 
 STUDY = "faults"
@@ -286,7 +288,7 @@ def in_process_config(folder: Path, trials: int) -> SearchConfig:
 def reference_net(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every sampled trial trains ref7676 (under the budget), so each one really trains."""
     monkeypatch.setattr(
-        search.objective, "sample_architecture", lambda trial, budget, *caps: ZOO["ref7676"]
+        search.study.objective, "sample_architecture", lambda trial, budget, *caps: ZOO["ref7676"]
     )
 
 
@@ -305,7 +307,7 @@ def test_a_diverging_loss_prunes_that_trial_with_the_reason_and_the_study_goes_o
         return Recipe(epochs=epochs, lr=lr)
 
     # The first training (trial 0's, with pruner "none" the only one it has) diverges.
-    monkeypatch.setattr(search.objective, "search_recipe", recipe)
+    monkeypatch.setattr(search.study.objective, "search_recipe", recipe)
     study = run_search(in_process_config(tmp_path, trials=2))
 
     trials = study.get_trials()
@@ -322,7 +324,7 @@ def test_cuda_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reference_net(monkeypatch)
-    real_train = search.objective.train
+    real_train = search.study.objective.train
     calls = []
 
     def train(*args, **kwargs):
@@ -331,7 +333,7 @@ def test_cuda_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "train", train)
+    monkeypatch.setattr(search.study.objective, "train", train)
     study = run_search(in_process_config(tmp_path, trials=2))
 
     trials = study.get_trials()
@@ -361,7 +363,7 @@ def test_cpu_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_o
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     reference_net(monkeypatch)
-    real_train = search.objective.train
+    real_train = search.study.objective.train
     calls = []
 
     def train(*args, **kwargs):
@@ -370,7 +372,7 @@ def test_cpu_out_of_memory_fails_that_trial_with_the_reason_and_the_study_goes_o
             raise error
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "train", train)
+    monkeypatch.setattr(search.study.objective, "train", train)
     study = run_search(in_process_config(tmp_path, trials=2))
 
     trials = study.get_trials()
@@ -390,9 +392,9 @@ def test_a_stop_signal_during_optunas_tell_lets_it_finish_then_stops(
     """A signal that lands while Optuna stores a trial's result must not cut that write
     short (raised there, Optuna turns it into an UnboundLocalError): the trial completes
     and the stop is raised once ``study.optimize`` returns."""
-    monkeypatch.setattr(search.objective, "_stopped_by", None)
+    monkeypatch.setattr(search.study.signals, "_stopped_by", None)
     handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
-    search.objective.handle_stop_signals()
+    search.study.signals.handle_stop_signals()
     study = optuna.create_study()
     tell = study._storage.set_trial_state_values
 
@@ -402,7 +404,10 @@ def test_a_stop_signal_during_optunas_tell_lets_it_finish_then_stops(
 
     monkeypatch.setattr(study._storage, "set_trial_state_values", tell_with_a_signal)
     try:
-        with pytest.raises(search.objective.Terminated), search.objective.stop_signals_held():
+        with (
+            pytest.raises(search.study.signals.Terminated),
+            search.study.signals.stop_signals_held(),
+        ):
             study.optimize(lambda trial: 1.0, n_trials=1)
     finally:
         for number, handler in handlers.items():

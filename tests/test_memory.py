@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import search.memory
+import search.engine.memory
 from search.cli import main
-from search.memory import (
+from search.engine.memory import (
     EVAL_BATCH,
     available_bytes,
     check_memory,
@@ -21,7 +21,7 @@ from search.memory import (
     memory_need,
     out_of_memory_reason,
 )
-from search.storage import UsageError
+from search.errors import UsageError
 from space import ZOO
 
 HUGE = {"blocks": [{"type": "conv", "out": 100_000}], "head": {"type": "gap_linear"}}
@@ -55,7 +55,7 @@ def test_the_estimate_grows_with_width_and_batch_and_covers_the_activations() ->
 
 
 def test_check_memory_names_the_need_the_batch_and_what_is_available(monkeypatch) -> None:
-    monkeypatch.setattr(search.memory, "available_bytes", lambda device: 2_000_000_000)
+    monkeypatch.setattr(search.engine.memory, "available_bytes", lambda device: 2_000_000_000)
     with pytest.raises(UsageError) as error:
         check_memory(conv_net(256), 128, "cpu")
     message = str(error.value)
@@ -64,7 +64,7 @@ def test_check_memory_names_the_need_the_batch_and_what_is_available(monkeypatch
     assert "more than the 2.0 GB available on cpu" in message
     assert message.endswith("; use fewer channels")
     assert check_memory(ZOO["ref7676"], 128, "cpu").train < 2e9  # a small net passes
-    monkeypatch.setattr(search.memory, "available_bytes", lambda device: None)
+    monkeypatch.setattr(search.engine.memory, "available_bytes", lambda device: None)
     check_memory(HUGE, 128, "cpu")  # unknown: no refusal on a guess
 
 
@@ -79,12 +79,12 @@ def test_available_bytes_on_cpu_and_on_a_faked_cuda_card(monkeypatch) -> None:
 
 def test_a_container_limit_caps_what_is_available(tmp_path: Path) -> None:
     (tmp_path / "memory.max").write_text("max\n")
-    assert search.memory._cgroup_available(tmp_path) is None  # no limit
+    assert search.engine.memory._cgroup_available(tmp_path) is None  # no limit
     (tmp_path / "memory.max").write_text(f"{4 * 2**30}\n")
     (tmp_path / "memory.current").write_text(f"{3 * 2**30}\n")
     (tmp_path / "memory.stat").write_text(f"anon 123\ninactive_file {2**30}\n")
-    assert search.memory._cgroup_available(tmp_path) == 2 * 2**30  # page cache reclaimable
-    assert search.memory._cgroup_available(tmp_path / "nowhere") is None
+    assert search.engine.memory._cgroup_available(tmp_path) == 2 * 2**30  # page cache reclaimable
+    assert search.engine.memory._cgroup_available(tmp_path / "nowhere") is None
 
 
 def test_train_refuses_a_spec_too_large_with_one_line_before_allocating(

@@ -12,9 +12,9 @@ from real_mnist import DATA, needs_data
 from torch import nn
 
 from search.cli import main
-from search.confirm import confirmations
-from search.data import confirm_data
-from search.train import evaluate
+from search.engine.data import confirm_data
+from search.engine.train import evaluate
+from search.study.confirm import confirmations
 from space import ZOO, normalise
 
 ROOT = Path(__file__).parents[1]

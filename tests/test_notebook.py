@@ -11,7 +11,7 @@ from optuna.trial import TrialState, create_trial
 from real_mnist import needs_data
 
 from search import api as budgetnas
-from search.confirm import CONFIRMATIONS, Confirmation
+from search.study.confirm import CONFIRMATIONS, Confirmation
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 # Put in after the notebook's "parameters" cell: a smaller search than the notebook's own

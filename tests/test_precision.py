@@ -17,13 +17,13 @@ import torch
 from optuna.trial import TrialState, create_trial
 from real_mnist import DATA, needs_data
 
-import search.train
+import search.engine.train
 from search.cli import main
-from search.confirm import Confirmation, confirm_study, confirmations
-from search.data import Split
-from search.storage import UsageError
-from search.study import GPU_HEADROOM, SearchConfig, check_precision, share_gpu
-from search.train import Recipe, autocast_dtype, precision_name, train
+from search.engine.data import Split
+from search.engine.train import Recipe, autocast_dtype, precision_name, train
+from search.errors import UsageError
+from search.study.config import GPU_HEADROOM, SearchConfig, check_precision, share_gpu
+from search.study.confirm import Confirmation, confirm_study, confirmations
 from space import ZOO, analyse, build, normalise
 
 CUDA = torch.device("cuda")
@@ -140,7 +140,9 @@ def test_the_fp16_path_scales_the_loss_and_trains(
 ) -> None:
     """What a T4 runs: fp16 autocast with a GradScaler. The choice refuses fp16 on CPU, so
     the test forces it; CPU autocast runs fp16 too, which exercises the scaler path."""
-    monkeypatch.setattr(search.train, "autocast_dtype", lambda device, precision: torch.float16)
+    monkeypatch.setattr(
+        search.engine.train, "autocast_dtype", lambda device, precision: torch.float16
+    )
     net, result = tiny_training("auto")
     assert result.precision == "fp16"
     [scaler] = scalers

@@ -10,8 +10,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from plotly.offline import get_plotlyjs
 
-from search.report import accuracy_figure, importance_figure, pareto_front, write_report
-from search.storage import UsageError
+from search.errors import UsageError
+from search.results.report import accuracy_figure, importance_figure, pareto_front, write_report
 
 SETTINGS = {
     "budget": 8000,

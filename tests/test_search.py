@@ -13,23 +13,19 @@ import torch
 from optuna.trial import TrialState, create_trial
 from real_mnist import DATA, needs_data
 
-from search import estimate
 from search.cli import main
-from search.confirm import _train_seeds, confirmations, seed_rounds, selected
-from search.data import Split, confirm_data, resolve_data_dir, search_data
-from search.objective import Objective, OutOfTime
-from search.plan import rungs_for
-from search.results import choices_table, epoch_cost_table, measured_epoch_seconds, reached
-from search.sampler import default_max_activations, default_max_macs, sample_architecture
-from search.storage import open_storage
-from search.study import (
-    Progress,
-    SearchConfig,
-    _requeue_out_of_time,
-    create_or_resume,
-    run_worker,
-)
-from search.train import Recipe, evaluate
+from search.engine.data import Split, confirm_data, resolve_data_dir, search_data
+from search.engine.train import Recipe, evaluate
+from search.results.tables import choices_table, epoch_cost_table, reached
+from search.study import estimate
+from search.study.config import SearchConfig
+from search.study.confirm import _train_seeds, confirmations, seed_rounds, selected
+from search.study.objective import Objective, OutOfTime
+from search.study.plan import rungs_for
+from search.study.records import measured_epoch_seconds
+from search.study.run import Progress, _requeue_out_of_time, create_or_resume, run_worker
+from search.study.sampler import default_max_activations, default_max_macs, sample_architecture
+from search.study.storage import open_storage
 from space import ZOO, analyse, build, normalise
 
 
@@ -265,7 +261,7 @@ def test_candidates_over_the_budget_or_a_cap_are_pruned_before_training(
     def no_training(*args, **kwargs):
         raise AssertionError("a candidate over the budget or the cap must not train")
 
-    monkeypatch.setattr("search.objective.train", no_training)
+    monkeypatch.setattr("search.study.objective.train", no_training)
     config = SearchConfig(
         budget=budget,
         max_macs=max_macs,

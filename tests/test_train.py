@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from search.augment import random_affine
-from search.data import Split, confirm_data
-from search.train import (
+from search.engine.augment import random_affine
+from search.engine.data import Split, confirm_data
+from search.engine.train import (
     EpochStats,
     NonFiniteLoss,
     Recipe,

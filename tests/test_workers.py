@@ -29,19 +29,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from real_mnist import needs_data
 
-import search.objective
-import search.study
-from search.data import Split
-from search.objective import _claim_slot
-from search.storage import open_storage
-from search.study import (
-    FINISHED,
-    SearchConfig,
-    create_or_resume,
-    run_worker,
-    threads_per_worker,
-)
-from search.train import TrainResult
+import search.study.objective
+import search.study.run
+from search.engine.data import Split
+from search.engine.train import TrainResult
+from search.study.config import FINISHED, SearchConfig
+from search.study.objective import _claim_slot
+from search.study.run import create_or_resume, run_worker, threads_per_worker
+from search.study.storage import open_storage
 from space import build
 
 
@@ -117,8 +112,8 @@ def test_a_worker_waits_for_running_trials_that_may_fail_and_takes_over(
 ) -> None:
     """The last slot is held by another worker's trial, which then fails: this worker must
     not leave while it runs, or the study would end one trial short."""
-    monkeypatch.setattr(search.study, "search_data", no_data)
-    monkeypatch.setattr(search.objective, "train", instant_train)
+    monkeypatch.setattr(search.study.run, "search_data", no_data)
+    monkeypatch.setattr(search.study.objective, "train", instant_train)
     config = config_for(tmp_path, trials=2)
     study = create_or_resume(config)
     study.add_trial(optuna.create_trial(value=1.0))
@@ -141,16 +136,16 @@ def _racing_worker(config: SearchConfig, worker: int, report: Path) -> None:
     distant database: between counting the finished trials and asking for a new one the
     others move on, so several workers go for the last slots at once. Reports the threads
     it trained with."""
-    count = search.study.finished_count
+    count = search.study.run.finished_count
 
     def slow_count(study: optuna.Study) -> int:
         finished = count(study)
         time.sleep(random.uniform(0.0, 0.2))
         return finished
 
-    search.study.search_data = no_data
-    search.objective.train = instant_train
-    search.study.finished_count = slow_count
+    search.study.run.search_data = no_data
+    search.study.objective.train = instant_train
+    search.study.run.finished_count = slow_count
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_worker(config, worker)
     report.write_text(str(torch.get_num_threads()))

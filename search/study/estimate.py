@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import optuna
 import torch
 
-from search.confirm import confirmation_seconds_from
-from search.data import Split
-from search.plan import PROMOTE_ONE_IN, rungs_for
-from search.results import measured_epoch_seconds
-from search.train import Recipe, train
+from search.engine.data import Split
+from search.engine.train import Recipe, train
+from search.study.confirm import confirmation_seconds_from
+from search.study.plan import PROMOTE_ONE_IN, rungs_for
+from search.study.records import measured_epoch_seconds
 from space import ZOO, analyse, build
 
 CALIBRATION_STEPS = 12

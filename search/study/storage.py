@@ -17,6 +17,8 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from search.errors import UsageError
+
 DEFAULT_STORAGE = "sqlite:///studies.db"
 DEFAULT_ARTIFACTS = "artifacts"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -24,10 +26,6 @@ SQLITE_BUSY_TIMEOUT_S = 60
 # candidate that kills its worker every time is then given up on.
 MAX_RETRIES = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-class UsageError(Exception):
-    """Bad input from the user: the CLI prints the one-line message and exits with 2."""
 
 
 def sqlite_path(url: str) -> Path | None:

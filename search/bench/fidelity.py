@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import optuna
 import torch
 
-from search.data import Split, search_data
-from search.sampler import default_max_macs, sample_architecture, search_recipe
-from search.train import EpochStats, NonFiniteLoss, train
+from search.engine.data import Split, search_data
+from search.engine.train import EpochStats, NonFiniteLoss, train
+from search.results.tables import spearman
+from search.study.sampler import default_max_macs, sample_architecture, search_recipe
 from space import analyse, build, normalise
 
 FULL_EPOCHS = 15
@@ -195,22 +195,6 @@ def run_fidelity_study(
     for process in processes:
         process.join()
     return read_records(path)
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (ties share their mean rank)."""
-
-    def ranks(values: list[float]) -> np.ndarray:
-        values = np.asarray(values, dtype=float)
-        order = values.argsort()
-        result = np.empty(len(values))
-        result[order] = np.arange(len(values))
-        for value in np.unique(values):  # average the ranks of ties
-            tied = values == value
-            result[tied] = result[tied].mean()
-        return result
-
-    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
 def fidelity_table(records: list[dict]) -> list[dict]:

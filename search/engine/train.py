@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm  # widgets in a notebook (with ipywidgets), text in a terminal
 
-from search.augment import random_affine
-from search.data import Split
+from search.engine.augment import random_affine
+from search.engine.data import Split
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "step")

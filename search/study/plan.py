@@ -9,7 +9,7 @@ promotes the best third of each rung to the next. The last rung is the full epoc
 on the whole fit split and gives the trial its value.
 
 Which rungs rank best per second was measured, not chosen by taste: see
-``search.fidelity`` and the README's fidelity table.
+``search.bench.fidelity`` and the README's fidelity table.
 """
 
 from __future__ import annotations

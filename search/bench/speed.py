@@ -1,6 +1,6 @@
 """How fast the engine trains, against the pipeline a hand-made MNIST project would run.
 
-The engine (``search.train``) keeps the whole split on the device and augments a batch
+The engine (``search.engine.train``) keeps the whole split on the device and augments a batch
 with one batched warp. The usual alternative is a ``DataLoader`` over a Dataset that
 warps each image with PIL and converts it with ToTensor. Both are timed here on the
 same machine, in the same run, with the same model, optimizer, schedule and batch, so
@@ -21,9 +21,6 @@ training per configuration would take hours on a CPU.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import multiprocessing
 import os
 import platform
@@ -35,16 +32,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from search.data import DataError, Split, confirm_data, resolve_data_dir
-from search.storage import UsageError
-from search.study import threads_per_worker
-from search.train import Recipe, _optimizer, _scheduler, autocast_dtype, resolve_device, train
+from search.bench.conventional import AffineMNIST
+from search.engine.data import Split, confirm_data, resolve_data_dir
+from search.engine.train import (
+    Recipe,
+    _optimizer,
+    _scheduler,
+    autocast_dtype,
+    resolve_device,
+    train,
+)
+from search.errors import UsageError
+from search.study.run import threads_per_worker
 from space import ZOO, build, param_count
 
 RECIPE = Recipe(epochs=1)  # the default recipe; one "epoch" spans the timed steps
@@ -54,8 +57,6 @@ EPOCH_IMAGES = 60_000  # the whole MNIST training set
 WARMUP_STEPS = 20
 DEFAULT_STEPS = {"cpu": 150, "cuda": 500}  # a GPU step is ~100x shorter: time more of them
 DEFAULT_MODELS = ("ref7676", "ref18594")
-# torchvision's RandomAffine default: the cheapest warp PIL has (the engine is bilinear).
-CONVENTIONAL_RESAMPLE = Image.Resampling.NEAREST
 WORKER_TIMEOUT_S = 900  # a parallel worker that has not reported by then is given up on
 
 
@@ -87,61 +88,6 @@ class Rate:
         }
 
 
-# ---------------------------------------------------------------- the conventional pipeline
-
-
-class AffineMNIST(Dataset):
-    """MNIST as a hand-made project serves it: one PIL affine warp and ToTensor per image.
-
-    This is what ``torchvision.transforms.RandomAffine`` + ``ToTensor`` do to a PIL image,
-    written out because torchvision is not importable next to this CPU torch. Normalise
-    is left out on purpose: the models normalise inside ``forward``, for both pipelines.
-    The random numbers come from torch's global generator, as torchvision's do, so each
-    DataLoader worker draws its own.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, recipe: Recipe = RECIPE) -> None:
-        self.images, self.labels = images, labels  # uint8 N x 28 x 28, int N
-        self.rotate, self.translate, self.scale = recipe.rotate, recipe.translate, recipe.scale
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = Image.fromarray(self.images[index])  # mode "L", as torchvision's MNIST gives
-        # One draw instead of torchvision's four: if anything, cheaper than the real thing.
-        u = (torch.rand(4) * 2 - 1).tolist()
-        shift = (u[1] * self.translate * image.width, u[2] * self.translate * image.height)
-        image = pil_affine(image, u[0] * self.rotate, shift, 1 + u[3] * self.scale)
-        return to_tensor(image), int(self.labels[index])
-
-
-def pil_affine(
-    image: Image.Image,
-    angle: float,
-    shift: tuple[float, float],
-    zoom: float,
-    resample: Image.Resampling = CONVENTIONAL_RESAMPLE,
-) -> Image.Image:
-    """torchvision's ``F.affine`` on a PIL image, without shear: rotate by ``angle`` degrees
-    and zoom about the centre, then shift by ``shift`` pixels; outside reads as 0."""
-    cx, cy = image.width * 0.5, image.height * 0.5
-    tx, ty = shift
-    cos, sin = math.cos(math.radians(angle)) / zoom, math.sin(math.radians(angle)) / zoom
-    # PIL wants the inverse map, output -> input: undo the shift, then rotate/zoom back.
-    a, b, d, e = cos, sin, -sin, cos
-    c = cx - a * (cx + tx) - b * (cy + ty)
-    f = cy - d * (cx + tx) - e * (cy + ty)
-    return image.transform(
-        image.size, Image.Transform.AFFINE, (a, b, c, d, e, f), resample=resample, fillcolor=0
-    )
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """torchvision's ``ToTensor`` for a mode "L" image: 1 x H x W floats in [0, 1]."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).unsqueeze(0).float().div(255)
-
-
 # ---------------------------------------------------------------- timing one configuration
 
 
@@ -153,7 +99,7 @@ def engine_rate(
     warmup: int,
     before_timing: Callable[[], object] | None = None,
 ) -> float:
-    """Images per second of ``search.train.train`` itself on ``steps`` batches.
+    """Images per second of ``search.engine.train.train`` itself on ``steps`` batches.
 
     The real engine is timed, not a copy of its loop: one one-epoch run of ``warmup``
     steps, then one of ``steps``. Its per-run extras (optimizer set-up, scoring one
@@ -553,64 +499,3 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
-
-
-# ---------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``budgetnas bench`` options (including --data-dir and --device)."""
-    parser.add_argument(
-        "--steps",
-        type=int,
-        help=f"timed steps per configuration (default: {DEFAULT_STEPS['cpu']} on CPU,"
-        f" {DEFAULT_STEPS['cuda']} on CUDA)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument(
-        "--data-dir", help="folder with MNIST/raw/ (default: $BUDGETNAS_DATA or ./data)"
-    )
-    parser.add_argument(
-        "--models",
-        default=",".join(DEFAULT_MODELS),
-        help="comma-separated zoo models; the first also gets the search throughput"
-        " (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--workers", type=int, help="parallel trial processes (default: the number of cores)"
-    )
-    parser.add_argument(
-        "--out", help="also write the numbers to this JSON file (default: print only)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark from parsed ``add_arguments`` options; raises UsageError on bad input."""
-    out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
-    result = benchmark(
-        steps=args.steps,
-        device=args.device,
-        data_dir=args.data_dir,
-        models=args.models.split(","),
-        workers=args.workers,
-    )
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m search.bench``, until the CLI has a ``bench`` command."""
-    parser = argparse.ArgumentParser(prog="budgetnas bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except (UsageError, DataError) as error:
-        print(f"budgetnas bench: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

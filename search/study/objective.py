@@ -5,7 +5,7 @@ Its exact parameter count, MACs and activations are known before any training
 is pruned with the reason recorded and each violation handed to TPE through
 ``trial.set_constraint``.
 
-The rest climb the rungs of the search plan (``search.plan``): a short training with
+The rest climb the rungs of the search plan (``search.study.plan``): a short training with
 its own complete schedule, then a longer one, then the full epoch cap, each trained
 afresh and reported as one step of the trial, so that Optuna's successive-halving
 pruner promotes only the best of each rung. With another pruner the trial is one
@@ -15,18 +15,15 @@ finished trial leaves its weights in Optuna's artifact store.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import signal
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import optuna
 import optuna_dashboard
@@ -34,13 +31,9 @@ import torch
 from optuna.artifacts import upload_artifact
 from optuna.trial import TrialState
 
-from search.confirm import confirmation_seconds_from, reserve_seconds
-from search.data import Split
-from search.memory import is_cpu_out_of_memory, out_of_memory_reason
-from search.plan import Rung, rungs_for
-from search.sampler import sample_architecture, search_recipe
-from search.storage import artifact_store
-from search.train import (
+from search.engine.data import Split
+from search.engine.memory import is_cpu_out_of_memory, out_of_memory_reason
+from search.engine.train import (
     EpochStats,
     NonFiniteLoss,
     Recipe,
@@ -49,95 +42,13 @@ from search.train import (
     precision_name,
     train,
 )
+from search.study.config import CONSTRAINTS, FINISHED, SearchConfig
+from search.study.confirm import confirmation_seconds_from, reserve_seconds
+from search.study.plan import Rung, rungs_for
+from search.study.sampler import sample_architecture, search_recipe
+from search.study.signals import raise_if_stopped, stop_reason, stop_signals_let_through
+from search.study.storage import artifact_store
 from space import ZOO, SpecError, analyse, build, normalise
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from search.study import SearchConfig
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# The limits a candidate is checked against before training, as TPE constraints.
-CAP_CONSTRAINTS = ("macs_over_cap", "activations_over_cap")
-CONSTRAINTS = ("params_over_budget", *CAP_CONSTRAINTS)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, timeout, systemd, Docker, SLURM pre-emption), handled like Ctrl-C."""
-
-
-def stop_reason(error: KeyboardInterrupt) -> str:
-    return "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
-
-
-_stopped_by: type[KeyboardInterrupt] | None = None  # what a stop signal raised, once one came
-_held = False  # Optuna is sampling, telling or running callbacks: a stop waits for it
-
-
-def _stop(exception: type[KeyboardInterrupt]) -> None:
-    global _stopped_by
-    _stopped_by = exception
-    if not _held:
-        raise exception
-
-
-def _terminate_once(signum: int, frame: object) -> None:
-    """SIGTERM: once, so that a second signal cannot interrupt the cleanup."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _stop(Terminated)
-
-
-def _interrupt_once(signum: int, frame: object) -> None:
-    """SIGINT in a worker: a Ctrl-C from the terminal plus the one the search process
-    passes on must not interrupt the cleanup."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _stop(KeyboardInterrupt)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    _stop(KeyboardInterrupt)
-
-
-@contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """Hold a stop signal while Optuna does its own work around the objective (sampling,
-    telling, callbacks) and raise it when the block ends; the objective lets signals
-    through at once while it runs, where the training is.
-
-    Raised inside Optuna's tell, a KeyboardInterrupt leaves its trial loop as an
-    UnboundLocalError (a traceback and exit code 1 instead of a clean stop) and can cut a
-    storage write short. Held for those moments, the trial ends as Optuna finishes it.
-    """
-    global _held
-    _held = True
-    try:
-        yield
-    finally:
-        _held = False
-    raise_if_stopped()
-
-
-def raise_if_stopped() -> None:
-    """Raise again what a stop signal raised. An exception a signal handler raises while
-    Python runs a callback on its own (a weakref's, during garbage collection) is lost
-    there; the objective checks after every epoch and workers between trials, so the
-    process still stops."""
-    if _stopped_by is not None:
-        raise _stopped_by
-
-
-def handle_stop_signals(*, interrupt_once: bool = False) -> None:
-    """SIGTERM stops this process as Ctrl-C does (``Terminated``); both are handled once
-    in a worker (``interrupt_once``). An exception that Python reports as unraisable
-    because it landed in a callback prints no traceback: raise_if_stopped raises it."""
-    signal.signal(signal.SIGTERM, _terminate_once)
-    signal.signal(signal.SIGINT, _interrupt_once if interrupt_once else _interrupt)
-
-    def hook(unraisable: sys.UnraisableHookArgs) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-            sys.__unraisablehook__(unraisable)
-
-    sys.unraisablehook = hook
 
 
 class OutOfTime(Exception):
@@ -169,16 +80,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run the trial with stop signals let through (see ``stop_signals_held``)."""
-        global _held
-        held, _held = _held, False
-        try:
-            raise_if_stopped()  # one that came while Optuna sampled this trial
-            return self._run(trial)
-        except KeyboardInterrupt as error:
-            trial.set_user_attr("fail_reason", stop_reason(error))
-            raise
-        finally:
-            _held = held
+        with stop_signals_let_through():
+            try:
+                raise_if_stopped()  # one that came while Optuna sampled this trial
+                return self._run(trial)
+            except KeyboardInterrupt as error:
+                trial.set_user_attr("fail_reason", stop_reason(error))
+                raise
 
     def _run(self, trial: optuna.Trial) -> float:
         config = self.config

@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 import optuna
 
-from search.train import Recipe
+from search.engine.train import Recipe
 from space import Spec, analyse, normalise
 
 MIN_WIDTH = 4  # channels: the narrowest stage a scaled-down candidate keeps

@@ -20,9 +20,9 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from search.confirm import confirmations, selected, top_trials
-from search.results import trial_counts
-from search.storage import UsageError
+from search.errors import UsageError
+from search.results.tables import trial_counts
+from search.study.confirm import confirmations, selected, top_trials
 
 ACCURACY_AXIS = "validation accuracy (%)"
 BOTH_AXIS = "accuracy (%): validation for trials, test for confirmations"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import optuna_dashboard
 
-from search.storage import UsageError, artifact_store, open_storage
+from search.errors import UsageError
+from search.study.storage import artifact_store, open_storage
 
 
 def dashboard_url(host: str, port: int) -> str:

@@ -1,6 +1,6 @@
 """The search benchmark: budgetnas's default search against the conventional one, same clock.
 
-Arm "budgetnas" is ``budgetnas search`` as shipped: the rungs of ``search.plan`` under
+Arm "budgetnas" is ``budgetnas search`` as shipped: the rungs of ``search.study.plan`` under
 successive halving. Arm "conventional" is what users write from Optuna's PyTorch
 example: TPE with a median pruner, one full-length training per trial with the same
 recipe, validation accuracy reported every epoch. Both sample the same space under the
@@ -27,9 +27,11 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import TrialState
 
-from search.objective import Terminated, handle_stop_signals
-from search.storage import UsageError, open_storage
-from search.study import SearchConfig, clock, create_or_resume, run_search
+from search.errors import UsageError
+from search.study.config import SearchConfig
+from search.study.run import clock, create_or_resume, run_search
+from search.study.signals import Terminated, handle_stop_signals
+from search.study.storage import open_storage
 
 ARMS = {"budgetnas": "rungs", "conventional": "median"}
 STARTED = "bench_started"  # study user attribute: time.time() when its arm started

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.storage import UsageError
+from search.errors import UsageError
 from space import ZOO, Spec, SpecError, build, from_json
 from space.export import stage_file
 

@@ -1,22 +1,20 @@
-"""Read results back out of a storage: study and trial tables, and exports of a trial."""
+"""Read results back out of a storage: the tables of studies, trials and choices that
+``budgetnas studies``, ``show`` and ``choices`` print."""
 
 from __future__ import annotations
 
 import statistics
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
+import numpy as np
 import optuna
-import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from search.confirm import Confirmation, confirmations, selected
-from search.fidelity import spearman
-from search.objective import CAP_CONSTRAINTS, FINISHED
-from search.storage import UsageError
-from space import analyse, export_module
+from search.errors import UsageError
+from search.study.config import CAP_CONSTRAINTS, FINISHED
+from search.study.confirm import Confirmation, confirmations, selected
+from search.study.records import candidate_epoch_seconds
+from space import analyse
 
 
 def studies_table(storage: optuna.storages.BaseStorage) -> list[dict]:
@@ -92,37 +90,20 @@ def choices_table(studies: Iterable[optuna.Study], target: float = 99.4) -> list
     return rows
 
 
-def full_split_epoch_seconds(trial: FrozenTrial) -> list[float]:
-    """The measured seconds of each epoch the trial trained on the whole fit split, over
-    all its trainings (rungs and full cap); epochs on a subset of the split are left out."""
-    return [
-        epoch["seconds"]
-        for name, curve in (trial.user_attrs.get("curves") or {}).items()
-        if "images" not in name  # a rung on a subset of the fit split
-        for epoch in curve
-    ] or [epoch["seconds"] for epoch in trial.user_attrs.get("curve", [])]
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (ties share their mean rank)."""
 
+    def ranks(values: list[float]) -> np.ndarray:
+        values = np.asarray(values, dtype=float)
+        order = values.argsort()
+        result = np.empty(len(values))
+        result[order] = np.arange(len(values))
+        for value in np.unique(values):  # average the ranks of ties
+            tied = values == value
+            result[tied] = result[tied].mean()
+        return result
 
-def candidate_epoch_seconds(study: optuna.Study) -> list[tuple[dict, float]]:
-    """Each distinct trained candidate of the study once (a retry is the same network),
-    with its median seconds per epoch on the whole fit split over all its trainings."""
-    candidates: dict[str, tuple[dict, float]] = {}
-    for trial in study.get_trials(deepcopy=False, states=FINISHED):
-        spec = trial.user_attrs.get("spec")
-        epochs = full_split_epoch_seconds(trial)
-        if spec is not None and epochs:
-            candidates.setdefault(str(spec), (spec, statistics.median(epochs)))
-    return list(candidates.values())
-
-
-def measured_epoch_seconds(study: optuna.Study, minimum: int = 3) -> tuple[float, int] | None:
-    """The median seconds per epoch of the study's trained candidates and how many there
-    were; None below ``minimum`` candidates. Workers that shared the machine are in the
-    figure, as they will be on resume."""
-    seconds = [per_epoch for _, per_epoch in candidate_epoch_seconds(study)]
-    if len(seconds) < minimum:
-        return None
-    return statistics.median(seconds), len(seconds)
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
 def epoch_cost_table(studies: dict[str, optuna.Study], minimum: int = 5) -> list[dict]:
@@ -282,74 +263,3 @@ def find_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, Co
             f"('budgetnas show {study.study_name}' lists them)"
         )
     return trial, confirmations(study).get(number)
-
-
-def export_trial(
-    study: optuna.Study,
-    store: FileSystemArtifactStore,
-    out: str | Path,
-    *,
-    number: int | None = None,
-    force: bool = False,
-) -> Path:
-    """Write a trial as a standalone module with its weights and measured figures.
-
-    A confirmed trial ships the weights of its median confirmation seed and its test
-    figures; an unconfirmed one ships its search weights and validation accuracy only.
-    """
-    trial, confirmation = find_trial(study, number)
-    settings = study.user_attrs.get("settings", {})
-    budget = settings.get("budget")
-    if confirmation:
-        artifact, metrics = confirmation.weights, confirmation.metrics(budget)
-        origin = (
-            f"Trial {trial.number} of study {study.study_name!r}, retrained on the full training set "
-            f"with seeds {confirmation.seeds}; weights of seed {confirmation.weights_seed}, the median "
-            "seed: representative of the architecture, not its luckiest run."
-        )
-    else:
-        artifact = trial.user_attrs["weights"]
-        metrics = {
-            "val_accuracy": trial.value,
-            "epochs": len(trial.user_attrs.get("curve", [])),
-            "budget": budget,
-            "params": trial.user_attrs["params"],
-            "macs": trial.user_attrs.get("macs"),
-            "train_subset": settings.get("train_subset"),
-        }
-        origin = f"Trial {trial.number} of study {study.study_name!r}: search weights, not confirmed on the test set."
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "weights.pt"
-        try:
-            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact)
-        except Exception as error:
-            raise UsageError(
-                f"weights of trial {trial.number} are missing from the artifact store ({error}); pass --artifacts"
-            ) from None
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    metrics = {"study": study.study_name, "trial": trial.number, **metrics}
-    return write_export(
-        trial.user_attrs["spec"],
-        out,
-        "--out",
-        state_dict=state_dict,
-        metrics=metrics,
-        origin=origin,
-        force=force,
-    )
-
-
-def write_export(spec: dict, out: str | Path, option: str, **export_args) -> Path:
-    """``space.export_module`` with its failures as one-line UsageErrors naming ``option``
-    (the CLI flag that chose ``out``), for every command that writes an export."""
-    try:
-        return export_module(spec, out, **export_args)
-    except ValueError as error:
-        raise UsageError(f"{error}; pass {option} PATH.py with an importable module name") from None
-    except OSError as error:
-        if error.errno is None:  # export_module's own refusal of an existing target
-            raise UsageError(str(error)) from None
-        # Includes an OS-level FileExistsError, e.g. a file where a folder of the path should be.
-        raise UsageError(
-            f"cannot write {out}: {error.strerror or error}; pass another {option}"
-        ) from None

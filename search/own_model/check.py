@@ -1,6 +1,6 @@
 """``budgetnas check``: what a network is made of, and rules it must obey in a user's CI.
 
-For any TARGET (see ``search.target``) it reports the trainable parameters, whether the
+For any TARGET (see ``search.own_model.target``) it reports the trainable parameters, whether the
 network has BatchNorm, dropout, global average pooling (GAP) and a fully connected layer,
 its receptive field, its multiply-accumulates (MACs) per image and its output shape.
 
@@ -34,8 +34,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from search.storage import UsageError
-from search.target import Target, load_target
+from search.errors import UsageError
+from search.own_model.target import Target, load_target
 from space import analyse
 
 INPUT = (1, 28, 28)

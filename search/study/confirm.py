@@ -24,9 +24,10 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from search.data import Split, confirm_data
-from search.storage import UsageError, artifact_store
-from search.train import Recipe, TrainResult, train
+from search.engine.data import Split, confirm_data
+from search.engine.train import Recipe, TrainResult, train
+from search.errors import UsageError
+from search.study.storage import artifact_store
 from space import build
 
 CONFIRMATIONS = "confirmations"  # study user attribute: {trial number: Confirmation}
@@ -147,7 +148,7 @@ def confirm_study(
     progress: bool = True,
     out: TextIO | None = None,  # None: whatever sys.stdout is at print time
     deadline: float = math.inf,  # time.monotonic() by which confirmation must end
-    precision: str = "auto",  # autocast dtype of training (search.train.autocast_dtype)
+    precision: str = "auto",  # autocast dtype of training (search.engine.train.autocast_dtype)
     workers: int = 1,  # seeds trained side by side (processes splitting the CPU cores)
 ) -> list[Confirmation]:
     """Retrain the best trials with ``seeds`` seeds on the full training set and record

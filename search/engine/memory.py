@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from search.storage import UsageError
+from search.errors import UsageError
 from space import analyse, normalise
 from space.spec import INPUT_SHAPE, Spec
 
@@ -29,7 +29,7 @@ FLOAT = 4  # bytes: training keeps float32 master weights and float32 activation
 PARAM_COPIES = 4
 # Activation gradients alive at once in the backward pass, in units of the largest map.
 BACKWARD_MAPS = 2
-EVAL_BATCH = 1000  # search.train.evaluate's batch
+EVAL_BATCH = 1000  # search.engine.train.evaluate's batch
 EVAL_MAPS = 3  # a layer's input, its output and BatchNorm's, under inference mode
 OVERHEAD = 1.2  # allocator rounding and fragmentation
 GB = 1e9

@@ -1,0 +1,5 @@
+"""``python -m search.cli``: the ``budgetnas`` command."""
+
+from search.cli import entry
+
+entry()

@@ -14,6 +14,7 @@ missing or damaged MNIST files, ``space.SpecError`` for an invalid architecture.
     study = budgetnas.search(budget=8000, epochs=15, target=99.4, trials=50)
     budgetnas.trials(study)                       # a pandas DataFrame, one row per trial
     budgetnas.export(study, "models/mine.py")     # the winner: a module that needs only torch
+    budgetnas.front(["sqlite:///a.db", "sqlite:///b.db"], target=99.4)  # how small, across searches
     budgetnas.train("ref7676", epochs=15)         # [final-epoch test accuracy]
     images, labels = budgetnas.mnist_test(8)      # test images as an exported net takes them
 
@@ -31,7 +32,8 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -47,6 +49,7 @@ from search.engine.train import train as train_model
 from search.errors import UsageError
 from search.own_model.target import load_target
 from search.results.export import export_trial
+from search.results.front import read_front
 from search.results.tables import trial_counts
 from search.study.config import SearchConfig, check_device
 from search.study.confirm import Confirmation, confirm_study, confirmations, selected
@@ -58,6 +61,7 @@ __all__ = [
     "Confirmation",
     "confirm",
     "export",
+    "front",
     "load",
     "mnist_test",
     "search",
@@ -307,6 +311,41 @@ def export(
             f"no artifact folder at {artifacts}; pass artifacts= where the search stored weights"
         )
     return export_trial(study, FileSystemArtifactStore(artifacts), out, number=trial, force=force)
+
+
+def front(
+    storage: str | Sequence[str] = DEFAULT_STORAGE,
+    *,
+    references: Sequence[str | Path] = (),
+    epochs: int | None = None,
+    target: float | None = None,
+) -> pd.DataFrame:
+    """How small a net can be and still clear ``target``% (``budgetnas front``): every
+    confirmed architecture of every study in ``storage`` (one URL or several, each read
+    without being changed), one row per confirmed trial, smallest first within each
+    epoch cap.
+
+    Columns: ``study``, ``storage``, ``trial``, ``epochs`` (the study's epoch cap),
+    ``params``, ``macs``, ``test_accuracy`` (final-epoch test % per seed), ``seeds``,
+    ``mean``, ``min``; ``on_front``: no row of the same epoch cap has fewer-or-equal
+    parameters and a higher-or-equal mean, one of them strictly (the Pareto front, per
+    epoch cap: a 20-epoch net is no rival to a 15-epoch one); ``reference``: a row read
+    from the ``METRICS`` of a module in ``references`` (a hand-made net exported by
+    ``budgetnas train --save``), never on the front; ``smallest``: with ``target``, the
+    searched row with the fewest parameters whose mean clears it, per epoch cap.
+    ``epochs`` keeps one epoch cap.
+
+    ``frame[frame.smallest]`` answers the question; ``frame[frame.on_front]`` is the front.
+    """
+    storages = [storage] if isinstance(storage, str) else list(storage)
+    found = read_front(storages, references, epochs=epochs)
+    answers = set() if target is None else {id(r) for r in found.smallest(target).values() if r}
+    rows = sorted((*found.rows, *found.references), key=lambda r: (r.epochs, r.params, r.reference))
+    frame = pd.DataFrame([{**asdict(row), "smallest": id(row) in answers} for row in rows])
+    frame["trial"] = frame["trial"].astype("Int64")  # references have none
+    frame["test_accuracy"] = [list(row.test_accuracy) for row in rows]
+    frame["seeds"] = [list(row.seeds) for row in rows]
+    return frame
 
 
 def train(

@@ -56,6 +56,12 @@ EXAMPLES = {
         "sqlite:///results/search_8000_60min.db"
     ],
     "show": ["budgetnas show mnist-8000p-15e --top 20"],
+    "front": [
+        "budgetnas front --storage sqlite:///results/search_4000.db "
+        "sqlite:///results/search_8000_60min.db --target 99.4",
+        "budgetnas front --epochs 15 --references models/ref7676.py --html front.html",
+        "budgetnas front --storage sqlite:///a.db --storage sqlite:///b.db --markdown  # README",
+    ],
     "export": [
         "budgetnas export mnist-8000p-15e                # the selected winner",
         "budgetnas export mnist-8000p-15e --trial 12 --out my_net.py",

@@ -1,5 +1,5 @@
-"""``budgetnas studies``, ``choices``, ``show``, ``export``, ``report`` and ``dashboard``:
-reading a storage's results back."""
+"""``budgetnas studies``, ``choices``, ``show``, ``front``, ``export``, ``report`` and
+``dashboard``: reading a storage's results back."""
 
 from __future__ import annotations
 
@@ -9,17 +9,34 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from search.cli.common import _add_storage, _existing_study, _percentage, _positive_int, _table
+from search.cli.common import (
+    _add_storage,
+    _check_folder_writable,
+    _existing_study,
+    _percentage,
+    _positive_int,
+    _table,
+)
 from search.errors import UsageError
 from search.results.dashboard import serve
 from search.results.export import export_trial
+from search.results.front import (
+    COLUMNS,
+    front_markdown,
+    read_front,
+    row_cells,
+    section_rows,
+    target_lines,
+    write_front_html,
+)
 from search.results.report import write_report
 from search.results.tables import choices_table, epoch_cost_table, studies_table, trials_table
 from search.study.storage import DEFAULT_STORAGE, open_storage
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """The ``studies``, ``choices``, ``show``, ``export``, ``report`` and ``dashboard`` commands."""
+    """The ``studies``, ``choices``, ``show``, ``front``, ``export``, ``report`` and
+    ``dashboard`` commands."""
     studies = commands.add_parser("studies", help="list the studies in a storage")
     _add_storage(studies)
     studies.set_defaults(run=cmd_studies)
@@ -49,6 +66,52 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--top", type=_positive_int, default=10, help="trials to list")
     _add_storage(show)
     show.set_defaults(run=cmd_show)
+
+    front = commands.add_parser(
+        "front",
+        help="how small a net can be and still clear T%%: the confirmed nets of every study "
+        "in some storages, the Pareto front of parameters against mean test accuracy",
+    )
+    front.add_argument(
+        "--storage",
+        action="extend",
+        nargs="+",
+        metavar="URL",
+        help="Optuna storage URLs whose studies to read, read-only; repeat the option or "
+        f"list several (default: {DEFAULT_STORAGE})",
+    )
+    front.add_argument(
+        "--references",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="modules written by 'budgetnas export' or 'budgetnas train --seeds 3 --save': "
+        "hand-made nets shown beside the front from their METRICS, never on it "
+        "(default: none)",
+    )
+    front.add_argument(
+        "--target",
+        type=_percentage,
+        help="mean test accuracy to clear: prints the smallest net that clears it, per "
+        "epoch cap (default: no target line)",
+    )
+    front.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="keep only the nets trained to this epoch cap (default: every epoch cap)",
+    )
+    front.add_argument(
+        "--html",
+        metavar="PATH",
+        help="also write the figure as one self-contained HTML page; missing folders are "
+        "created (default: no figure)",
+    )
+    front.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print one markdown table instead of the text sections, e.g. for a README",
+    )
+    front.set_defaults(run=cmd_front)
 
     export = commands.add_parser("export", help="write a trial as a standalone module with weights")
     export.add_argument("study", help="study name (budgetnas studies lists them)")
@@ -169,6 +232,57 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+
+    if args.html:
+        _check_html(Path(args.html))
+    storages = args.storage or [DEFAULT_STORAGE]
+    front = read_front(storages, args.references, epochs=args.epochs)
+    if args.markdown:
+        print(front_markdown(front, args.target))
+    else:
+        sections = []
+        for epochs in front.epoch_caps:
+            rows = section_rows(front, epochs)
+            searched = [row for row in rows if not row.reference]
+            studies = {(row.storage, row.study) for row in searched}
+            references = len(rows) - len(searched)
+            sections.append(
+                f"{epochs} epochs: {_count(len(searched), 'confirmed net')} from "
+                f"{_count(len(studies), 'study', 'studies')}, "
+                f"{sum(row.on_front for row in searched)} on the front (*)"
+                + (f"; {_count(references, 'reference')}" if references else "")
+                + "\n"
+                + _table([row_cells(row) for row in rows], COLUMNS)
+            )
+        print("\n\n".join(sections))
+        if args.target is not None:
+            print(f"\nthe smallest net with mean test accuracy >= {args.target}%:")
+            print("\n".join(f"  {line}" for line in target_lines(front, args.target)))
+    if args.html:
+        print(f"wrote {write_front_html(front, args.html, args.target)}")
+    return 0
+
+
+def _count(number: int, one: str, many: str | None = None) -> str:
+    return f"{number} {one if number == 1 else many or one + 's'}"
+
+
+def _check_html(path: Path) -> None:
+    """--html can be written, checked before any storage is read: the nearest folder on its
+    path that exists must take a new file (missing folders are created on writing)."""
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if existing == path.parent:
+        _check_folder_writable(path, "--html")
+        return
+    try:
+        _check_folder_writable(existing / path.name, "--html")
+    except UsageError:
+        raise UsageError(
+            f"cannot write {path}: {existing} is not a writable folder; pass another --html"
+        ) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:

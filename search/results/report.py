@@ -336,9 +336,10 @@ def _table(rows: list[dict], caption: str) -> str:
     return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, option: str = "--out") -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, which
-    ``os.replace`` then moves in one step; any failure removes the temporary file."""
+    ``os.replace`` then moves in one step; any failure removes the temporary file and
+    ends in a UsageError that names ``option``, the command's option for the path."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         # Mode "x" honours the umask (unlike mkstemp's 0600), so the report is as
@@ -351,6 +352,6 @@ def _write_atomically(path: Path, text: str) -> None:
             temp.unlink()
         if isinstance(error, OSError):
             raise UsageError(
-                f"cannot write {path}: {error.strerror or error}; pass another --out"
+                f"cannot write {path}: {error.strerror or error}; pass another {option}"
             ) from None
         raise

@@ -125,3 +125,53 @@ def test_the_function_checks_its_input_too(tmp_path: Path) -> None:
         benchmark(models=["nope"], data_dir=tmp_path)
     with pytest.raises(UsageError, match="--steps"):
         benchmark(steps=0, data_dir=tmp_path)
+
+
+@needs_data
+def test_the_step_benchmark_times_both_paths_per_net_and_thread_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "step.json"
+    argv = ["--step", "--steps", "1", "--models", "ref7676", "--threads", "1", "--candidates", "2"]
+    assert run(parse([*argv, "--data-dir", DATA, "--out", str(out)])) == 0
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("machine: ") and "load average" in lines[0]
+    assert any(line.startswith("FLOP bound: ") and "GFLOP/s on 1 thread" in line for line in lines)
+    row = next(line for line in lines if line.startswith("ref7676 "))
+    assert row.split()[1] == "7,676" and row.split()[3] == "1"  # params, threads
+    assert any(line.startswith("Spearman's rho of s/epoch: with MACs") for line in lines)
+    assert lines[-1].startswith("smallest speedup on 1 thread: ") and "(ref7676)" in lines[-1]
+
+    result = json.loads(out.read_text())
+    (timing,) = result["rows"]
+    assert timing["net"] == "ref7676" and timing["params"] == 7676 and timing["threads"] == 1
+    assert (
+        timing["plain_epoch_s"] > 0 and timing["fast_epoch_s"] > 0 and timing["bound_epoch_s"] > 0
+    )
+    assert timing["speedup"] == pytest.approx(timing["plain_epoch_s"] / timing["fast_epoch_s"])
+    assert timing["plain_faults"] >= 0 and timing["fast_faults"] >= 0
+    costs = result["candidates"]
+    assert len(costs["candidates"]) == 2 and {c["budget"] for c in costs["candidates"]} == {
+        4000,
+        8000,
+    }
+    assert all(c["epoch_s"] > 0 and c["activations"] > 0 for c in costs["candidates"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "cuda"], "--step times the CPU step"),
+        (["--threads", "1,x"], "--threads takes integers"),
+        (["--threads", "0"], "--steps and --threads need positive integers"),
+        (["--steps", "0"], "--steps and --threads need positive integers"),
+        (["--candidates", "-1"], "--candidates must be 0 or more"),
+        (["--models", "nope"], "is neither a reference net"),
+    ],
+)
+def test_bad_step_input_is_a_usage_error_before_any_data_is_read(
+    argv: list[str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        run(parse(["--step", *argv, "--data-dir", str(tmp_path)]))

@@ -15,7 +15,7 @@ from real_mnist import DATA, needs_data
 
 from search.cli import main
 from search.engine.data import Split, confirm_data, resolve_data_dir, search_data
-from search.engine.train import Recipe, evaluate
+from search.engine.train import STEP, Recipe, evaluate
 from search.results.tables import choices_table, epoch_cost_table, reached
 from search.study import estimate
 from search.study.config import SearchConfig
@@ -170,10 +170,11 @@ def test_choices_table_counts_each_candidate_once_and_reads_the_first_rung():
     ]
 
 
-def timed_zoo_study() -> optuna.Study:
+def timed_zoo_study(step: str | None = STEP) -> optuna.Study:
     """The zoo's nets as trained trials that took 10-14 s per epoch on the whole fit split,
     in the order of their activations, each trained twice; a 1-epoch rung on a subset of
-    the split took 99 s."""
+    the split took 99 s. ``step``: the training step recorded with them (None: none, as
+    before it was recorded)."""
     study = optuna.create_study()
     by_activations = ["ref18594", "ref7676", "ref13010", "ref19354", "ref14874"]
     for seconds, name in enumerate(by_activations, start=10):
@@ -187,7 +188,11 @@ def timed_zoo_study() -> optuna.Study:
                 create_trial(
                     state=TrialState.COMPLETE,
                     value=99.0,
-                    user_attrs={"spec": ZOO[name], "curves": curves},
+                    user_attrs={
+                        "spec": ZOO[name],
+                        "curves": curves,
+                        **({"step": step} if step else {}),
+                    },
                     intermediate_values={1: 98.0},
                 )
             )
@@ -215,6 +220,9 @@ def test_a_resumed_search_estimates_its_cost_from_its_own_measured_pace(monkeypa
     study = timed_zoo_study()
     assert measured_epoch_seconds(study) == (12, 5)
     assert measured_epoch_seconds(study, minimum=6) is None
+    # A study trained by an older step says nothing of the current step's pace.
+    assert measured_epoch_seconds(timed_zoo_study(step=None)) is None
+    assert measured_epoch_seconds(timed_zoo_study(step="plain")) is None
 
     def no_calibration(*args):
         raise AssertionError("calibrated although the study has measured its pace")

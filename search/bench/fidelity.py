@@ -58,18 +58,21 @@ FULL = Fidelity(f"{FULL_EPOCHS} epochs, 50k images (full)", FULL_EPOCHS)
 SNAPSHOTS = (1, 3, 5)  # epochs of the full run read part-way, as a pruner would
 
 
-def sample_candidates(count: int, budgets: list[int], seed: int = 0) -> list[dict[str, Any]]:
+def sample_candidates(
+    count: int, budgets: list[int], seed: int = 0, max_activations: int | None = None
+) -> list[dict[str, Any]]:
     """``count`` candidates drawn at random from the search space, alternating budgets.
 
     Each comes with the space's parameters, its spec and its exact counts; the same
     arguments always give the same candidates, so a resumed study measures the same ones.
+    ``max_activations`` overrides the space's activation cap (the default: its own).
     """
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     candidates = []
     for index in range(count):
         budget = budgets[index % len(budgets)]
         trial = study.ask()
-        spec = normalise(sample_architecture(trial, budget))
+        spec = normalise(sample_architecture(trial, budget, max_activations=max_activations))
         study.tell(trial, 0.0)
         analysis = analyse(spec)
         candidates.append(
@@ -81,6 +84,7 @@ def sample_candidates(count: int, budgets: list[int], seed: int = 0) -> list[dic
                 "spec": spec,
                 "params": analysis.params,
                 "macs": analysis.macs,
+                "activations": analysis.activations,
             }
         )
     return candidates

@@ -3,8 +3,11 @@
 The engine (``search.engine.train``) keeps the whole split on the device and augments a batch
 with one batched warp. The usual alternative is a ``DataLoader`` over a Dataset that
 warps each image with PIL and converts it with ToTensor. Both are timed here on the
-same machine, in the same run, with the same model, optimizer, schedule and batch, so
-the ratio measures the data pipeline and not anything else.
+same machine, in the same run, with the same model, optimizer, schedule and batch. The
+engine's side is ``search.engine.train`` as it is, its fast step included (channels_last,
+cheap dropout masks), while the conventional side runs the textbook step, as a hand-made
+project does; so the ratio is what a user gains, data path and step together, and
+``budgetnas bench --step`` (``search.bench.step``) measures the step's share alone.
 
 The comparison is kept fair to the conventional pipeline on purpose: it gets the better
 of ``num_workers=0`` and one worker per core, persistent workers, torchvision's default

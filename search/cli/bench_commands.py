@@ -11,6 +11,7 @@ from pathlib import Path
 from search.bench.arms import run_bench_search
 from search.bench.fidelity import print_family_table, print_fidelity_table, run_fidelity_study
 from search.bench.speed import DEFAULT_MODELS, DEFAULT_STEPS, benchmark
+from search.bench.step import DEFAULT_THREADS, step_benchmark
 from search.cli.common import _add_data, _check_folder_writable, _percentage, _positive_int
 from search.errors import UsageError
 from search.study.run import clock
@@ -19,7 +20,9 @@ from search.study.run import clock
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """The ``bench``, ``bench-fidelity`` and ``bench-search`` commands."""
     bench = commands.add_parser(
-        "bench", help="training speed: the engine against a DataLoader pipeline"
+        "bench",
+        help="training speed: the engine against a DataLoader pipeline, or (--step) the"
+        " fast step against plain PyTorch",
     )
     add_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)
@@ -102,7 +105,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         help=f"timed steps per configuration (default: {DEFAULT_STEPS['cpu']} on CPU,"
-        f" {DEFAULT_STEPS['cuda']} on CUDA)",
+        f" {DEFAULT_STEPS['cuda']} on CUDA; 100 with --step)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument(
@@ -110,9 +113,27 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--models",
-        default=",".join(DEFAULT_MODELS),
         help="comma-separated zoo models; the first also gets the search throughput"
-        " (default: %(default)s)",
+        f" (default: {','.join(DEFAULT_MODELS)}; with --step, reference nets or export .py"
+        " files, default: ref7676 and the shipped 4k and 8k nets)",
+    )
+    parser.add_argument(
+        "--step",
+        action="store_true",
+        help="time the CPU training step instead: the engine's fast path against plain"
+        " PyTorch, per net and thread count, with the FLOP bound (default: off)",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=0,
+        help="with --step: also time N candidates sampled with the activation cap lifted, and"
+        " rank their seconds per epoch by MACs and by activations (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        default=",".join(map(str, DEFAULT_THREADS)),
+        help="with --step: comma-separated thread counts (default: %(default)s)",
     )
     parser.add_argument(
         "--workers", type=int, help="parallel trial processes (default: the number of cores)"
@@ -127,16 +148,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
-    result = benchmark(
-        steps=args.steps,
-        device=args.device,
-        data_dir=args.data_dir,
-        models=args.models.split(","),
-        workers=args.workers,
-    )
+    if args.step:
+        result = _step(args)
+    else:
+        result = benchmark(
+            steps=args.steps,
+            device=args.device,
+            data_dir=args.data_dir,
+            models=(args.models or ",".join(DEFAULT_MODELS)).split(","),
+            workers=args.workers,
+        )
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _step(args: argparse.Namespace) -> dict:
+    if args.device not in ("auto", "cpu"):
+        raise UsageError("--step times the CPU step; leave out --device (or pass cpu)")
+    try:
+        threads = [int(n) for n in args.threads.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--threads takes integers separated by commas, got {args.threads!r}"
+        ) from None
+    nets = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+    if args.candidates < 0:
+        raise UsageError(f"--candidates must be 0 or more (got {args.candidates})")
+    options = {"steps": args.steps} if args.steps is not None else {}
+    return step_benchmark(
+        *([nets] if nets else []),
+        data_dir=args.data_dir,
+        threads=threads,
+        candidates=args.candidates,
+        **options,
+    )
 
 
 def cmd_bench_fidelity(args: argparse.Namespace) -> int:

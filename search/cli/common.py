@@ -76,7 +76,11 @@ EXAMPLES = {
         "budgetnas check ref14874 --budget 20000 --require bn,dropout,gap --forbid fc",
         "budgetnas check my_model.py:Net --budget 8000 --require bn,gap  # exit 1 if one fails",
     ],
-    "bench": ["budgetnas bench", "budgetnas bench --device cuda --out bench.json"],
+    "bench": [
+        "budgetnas bench",
+        "budgetnas bench --device cuda --out bench.json",
+        "budgetnas bench --step --out results/bench_step.json",
+    ],
     "bench-fidelity": ["budgetnas bench-fidelity --candidates 24 --out results/fidelity.jsonl"],
     "bench-search": ["budgetnas bench-search --minutes 45 --budget 8000 --out results/"],
 }

@@ -61,6 +61,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "(default: no export)",
     )
     train.add_argument("--force", action="store_true", help="overwrite an existing --save target")
+    train.add_argument(
+        "--plain-step",
+        action="store_true",
+        help="train with the textbook PyTorch step instead of the engine's fast one: the same"
+        " maths, slower; the reference the fast step is checked against (default: off)",
+    )
     train.set_defaults(run=cmd_train)
 
     check_parser = commands.add_parser(
@@ -148,10 +154,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             on_epoch=on_epoch,
             progress=sys.stderr.isatty(),
             precision=args.precision,
+            plain=args.plain_step,
         )
+        step = ", plain step" if args.plain_step else ""
         print(
             f"final-epoch test accuracy: {result.accuracy:.2f}% (seed {seed}, {args.epochs} "
-            f"epochs, {result.seconds:.0f} s on {result.device}, {result.precision})",
+            f"epochs, {result.seconds:.0f} s on {result.device}, {result.precision}{step})",
             flush=True,
         )
         results.append(result)

@@ -5,8 +5,24 @@ each step is an index, a batched augmentation and a forward/backward pass. Data
 order and augmentation come from a private generator seeded by `seed`, so a run
 is reproducible from (model init, recipe, seed) alone. The caller owns model
 init: call `torch.manual_seed(seed)` before building the model.
+
+The step is plain PyTorch made fast where the profile of the nets searched here
+pointed (docs/speed.md), without changing what they compute:
+
+- channels_last activations and weights, on the CPU as on CUDA: the small convolutions'
+  backward pass and the max-pools run several times faster in it;
+- ``nn.Dropout`` masks drawn as geometric gaps on the CPU (``search.engine.dropout``):
+  the same masks in distribution for a few random numbers per dropped value;
+- on Linux, freed memory kept for the next step instead of handed back to the
+  kernel, so a step does not page-fault its activations back in.
+
+``plain=True`` runs the textbook step instead (NCHW, ``nn.Dropout`` as it is), the
+reference that ``budgetnas bench --step`` and the tests compare against.
 """
 
+import contextlib
+import ctypes
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -19,11 +35,19 @@ from tqdm.auto import tqdm  # widgets in a notebook (with ipywidgets), text in a
 
 from search.engine.augment import random_affine
 from search.engine.data import Split
+from search.engine.dropout import sparse_dropout
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "step")
 CUDA_CHECK_EVERY = 25  # steps between loss checks on CUDA, where each check is a host sync
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what training autocasts to (evaluation: fp32)
+# Which step trained a trial, as recorded with it: a study's measured pace is a fair cost
+# estimate only for trials of the same step (the fast one is 1.5-1.9x quicker per epoch).
+STEP = "fast"
+# glibc's mallopt: blocks up to 32 MiB (its maximum) come from the heap, not from mmap, and up
+# to 1 GiB of freed heap stays with the process, so one step's activations reuse the last's.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 * 2**20, 2**30
 
 
 @dataclass
@@ -151,6 +175,7 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool = False,
     precision: str = "auto",
+    plain: bool = False,
 ) -> TrainResult:
     """Train `model` in place on `fit`, scoring it on `evaluation` after every epoch.
 
@@ -159,11 +184,17 @@ def train(
     Raises NonFiniteLoss as soon as the loss is NaN/inf (within CUDA_CHECK_EVERY
     steps on CUDA, where checking every step would stall the GPU). ``precision`` picks
     the autocast dtype of training (``autocast_dtype``); evaluation is always fp32.
+    ``plain`` runs the textbook step (see the module docstring): same maths, slower.
+    The model is left in channels_last unless ``plain``; the returned weights are
+    ordinary contiguous tensors either way.
     """
     device = fit.images.device if device is None else torch.device(device)
     cuda = device.type == "cuda"
     images, labels = fit.images.to(device), fit.labels.to(device)
-    model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    layout = torch.contiguous_format if plain else _layout_for(model, device, images[:2])
+    model.to(device, memory_format=layout)
+    if not plain and device.type == "cpu":
+        _keep_freed_memory()
 
     generator = torch.Generator().manual_seed(seed)
     # Drop the last partial batch: a reshuffle each epoch means no image is left out
@@ -179,46 +210,56 @@ def train(
 
     history: list[EpochStats] = []
     start = time.perf_counter()
-    for epoch in range(1, recipe.epochs + 1):
-        began = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(images), generator=generator).to(device, non_blocking=True)
-        losses = torch.zeros(steps, device=device)  # kept on the device: no sync per step
-        checked = 0
-        rate = 0.0
-        with _bar(epoch, recipe.epochs, steps, progress) as bar:
-            for step in range(steps):
-                index = order[step * batch : (step + 1) * batch]
-                x = random_affine(
-                    _floats(images[index]), generator, recipe.rotate, recipe.translate, recipe.scale
-                )
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = model(_layout(x, cuda))
-                    loss = F.cross_entropy(
-                        logits, labels[index], label_smoothing=recipe.label_smoothing
+    # CUDA's own dropout kernel is fast already, and counting draws would stall the GPU.
+    cheap_masks = sparse_dropout(model) if not plain and not cuda else contextlib.nullcontext()
+    with cheap_masks:
+        for epoch in range(1, recipe.epochs + 1):
+            began = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(images), generator=generator).to(device, non_blocking=True)
+            losses = torch.zeros(steps, device=device)  # kept on the device: no sync per step
+            checked = 0
+            rate = 0.0
+            with _bar(epoch, recipe.epochs, steps, progress) as bar:
+                for step in range(steps):
+                    index = order[step * batch : (step + 1) * batch]
+                    x = random_affine(
+                        _floats(images[index]),
+                        generator,
+                        recipe.rotate,
+                        recipe.translate,
+                        recipe.scale,
                     )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                losses[step] = loss.detach()
-                if (step + 1) % check_every == 0 or step + 1 == steps:
-                    _check_finite(losses[checked : step + 1], epoch, checked, recipe)
-                    checked = step + 1
-                if progress:
-                    rate = (step + 1) * batch / (time.perf_counter() - began)
-                    bar.set_postfix_str(f"{rate:.0f} img/s", refresh=False)
-                    bar.update()
-            train_loss = losses.mean().item()
-            accuracy = evaluate(model, evaluation)
-            bar.set_postfix_str(f"{rate:.0f} img/s, loss {train_loss:.4f}, acc {accuracy:.2f}%")
-        stats = EpochStats(epoch, train_loss, accuracy, time.perf_counter() - began)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        logits = model(x.contiguous(memory_format=layout))
+                        loss = F.cross_entropy(
+                            logits, labels[index], label_smoothing=recipe.label_smoothing
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    losses[step] = loss.detach()
+                    if (step + 1) % check_every == 0 or step + 1 == steps:
+                        _check_finite(losses[checked : step + 1], epoch, checked, recipe)
+                        checked = step + 1
+                    if progress:
+                        rate = (step + 1) * batch / (time.perf_counter() - began)
+                        bar.set_postfix_str(f"{rate:.0f} img/s", refresh=False)
+                        bar.update()
+                train_loss = losses.mean().item()
+                accuracy = evaluate(model, evaluation)
+                bar.set_postfix_str(f"{rate:.0f} img/s, loss {train_loss:.4f}, acc {accuracy:.2f}%")
+            stats = EpochStats(epoch, train_loss, accuracy, time.perf_counter() - began)
+            history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
 
-    state_dict = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+    state_dict = {
+        name: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for name, t in model.state_dict().items()
+    }
     return TrainResult(
         history,
         history[-1].accuracy,
@@ -232,9 +273,9 @@ def train(
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
     """Percent of `split` that `model` classifies correctly (run on the model's device)."""
     device = next(model.parameters()).device
-    # channels_last where training left the weights so, but always float32: the recorded
-    # accuracy must be what the exported model gives in a user's plain float32 code.
-    cuda = device.type == "cuda"
+    # The layout training left the weights in, but always float32: the recorded accuracy
+    # must be what the exported model gives in a user's plain float32 code.
+    layout = _layout_of(model)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -242,7 +283,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
         for i in range(0, len(split), batch_size):
             x = _floats(split.images[i : i + batch_size].to(device, non_blocking=True))
             y = split.labels[i : i + batch_size].to(device, non_blocking=True)
-            correct += (model(_layout(x, cuda)).argmax(dim=1) == y).sum()
+            correct += (model(x.contiguous(memory_format=layout)).argmax(dim=1) == y).sum()
     model.train(was_training)
     return 100.0 * correct.item() / len(split)
 
@@ -264,9 +305,46 @@ def _floats(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255)
 
 
-def _layout(x: torch.Tensor, cuda: bool) -> torch.Tensor:
-    # channels_last matches the model's weights on CUDA, where it speeds up bf16 convs.
-    return x.contiguous(memory_format=torch.channels_last) if cuda else x
+def _layout_for(
+    model: nn.Module, device: torch.device, images: torch.Tensor
+) -> torch.memory_format:
+    """channels_last if ``model`` runs in it. A model of a user's that flattens with
+    ``x.view(len(x), -1)`` does not (a view needs contiguous memory): it trains in the
+    layout it came in, as plain PyTorch would."""
+    model.to(device, memory_format=torch.channels_last)
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics, no dropout: the probe leaves no trace
+    try:
+        with torch.no_grad():
+            model(_floats(images).contiguous(memory_format=torch.channels_last))
+        return torch.channels_last
+    except RuntimeError:
+        return torch.contiguous_format
+    finally:
+        model.train(was_training)
+
+
+def _layout_of(model: nn.Module) -> torch.memory_format:
+    # A conv weight with more than one value per pixel tells the layouts apart; a model
+    # without one runs the same either way.
+    for weight in model.parameters():
+        if weight.dim() == 4 and not weight.is_contiguous():
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    # Each step allocates and frees megabytes of activations. glibc serves blocks over a
+    # moving threshold with mmap and returns them on free, so the next step page-faults
+    # them in again (the kernel zeroes every page): ~2,000 faults a step for the shipped
+    # 8k net. Keeping them on the heap makes that ~10. Elsewhere (macOS, musl) do nothing.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
 
 
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:

@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from search.engine.data import Split
 from search.engine.memory import is_cpu_out_of_memory, out_of_memory_reason
 from search.engine.train import (
+    STEP,
     EpochStats,
     NonFiniteLoss,
     Recipe,
@@ -141,6 +142,7 @@ class Objective:
             "precision", precision_name(autocast_dtype(self.device, config.precision))
         )
         trial.set_user_attr("fit_images", len(self.fit))
+        trial.set_user_attr("step", STEP)
         # Which process ran it: with workers on several machines, where to look for its log.
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         started = time.perf_counter()

@@ -10,6 +10,7 @@ import statistics
 import optuna
 from optuna.trial import FrozenTrial
 
+from search.engine.train import STEP
 from search.study.config import FINISHED
 
 
@@ -24,11 +25,17 @@ def full_split_epoch_seconds(trial: FrozenTrial) -> list[float]:
     ] or [epoch["seconds"] for epoch in trial.user_attrs.get("curve", [])]
 
 
-def candidate_epoch_seconds(study: optuna.Study) -> list[tuple[dict, float]]:
+def candidate_epoch_seconds(
+    study: optuna.Study, step: str | None = None
+) -> list[tuple[dict, float]]:
     """Each distinct trained candidate of the study once (a retry is the same network),
-    with its median seconds per epoch on the whole fit split over all its trainings."""
+    with its median seconds per epoch on the whole fit split over all its trainings;
+    with ``step``, only the trials that training step ran (user attribute ``step``;
+    trials from before it was recorded ran the plain step)."""
     candidates: dict[str, tuple[dict, float]] = {}
     for trial in study.get_trials(deepcopy=False, states=FINISHED):
+        if step is not None and trial.user_attrs.get("step", "plain") != step:
+            continue
         spec = trial.user_attrs.get("spec")
         epochs = full_split_epoch_seconds(trial)
         if spec is not None and epochs:
@@ -39,8 +46,9 @@ def candidate_epoch_seconds(study: optuna.Study) -> list[tuple[dict, float]]:
 def measured_epoch_seconds(study: optuna.Study, minimum: int = 3) -> tuple[float, int] | None:
     """The median seconds per epoch of the study's trained candidates and how many there
     were; None below ``minimum`` candidates. Workers that shared the machine are in the
-    figure, as they will be on resume."""
-    seconds = [per_epoch for _, per_epoch in candidate_epoch_seconds(study)]
+    figure, as they will be on resume. Only trials of the engine's current step count:
+    an older step's pace would overstate what the rest of the search costs."""
+    seconds = [per_epoch for _, per_epoch in candidate_epoch_seconds(study, STEP)]
     if len(seconds) < minimum:
         return None
     return statistics.median(seconds), len(seconds)

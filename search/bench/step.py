@@ -1,0 +1,291 @@
+"""The training step: plain PyTorch against the engine's fast path, per net and thread count.
+
+An epoch is the unit cost of everything budgetnas does, so this times the step alone
+(batched augmentation, forward, backward, SGD), with no evaluation, as seconds per epoch
+of the search's 50,000 fit images. Each configuration runs in a fresh process, so that
+one cannot warm the allocator or the thread pool for the next, and the plain and fast
+paths of a net run one after the other, so that a busy neighbour shows in both.
+
+``--candidates`` also times candidates sampled from the space with the activation cap
+lifted, on the fast path and one thread, to check what the search's cost caps stand on:
+how well MACs and activations per image rank the seconds an epoch takes.
+
+The FLOP bound is what the step would take if every multiply-accumulate of the forward
+and backward passes ran at the speed of a large float32 matmul on the same threads:
+three MACs per forward MAC (forward, gradient of the input, gradient of the weights), 2
+FLOPs each. Everything else the step does (BatchNorm, ReLU, pooling, dropout,
+augmentation, the optimizer) only adds to it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.bench.fidelity import sample_candidates
+from search.bench.speed import machine
+from search.engine.data import Split, search_data
+from search.engine.train import Recipe, train
+from search.errors import UsageError
+from search.own_model.target import load_target
+from search.results.tables import spearman
+from search.study.sampler import MIN_MAX_ACTIVATIONS
+from space import analyse, build
+
+EPOCH_IMAGES = 50_000  # the search's fit split: what one epoch of a trial trains on
+SHIPPED = Path(__file__).resolve().parents[2] / "models"  # the repository's exports
+DEFAULT_NETS = (
+    "ref7676",
+    str(SHIPPED / "mnist_4000p_15e.py"),
+    str(SHIPPED / "mnist_8000p_15e.py"),
+)
+DEFAULT_THREADS = (1, 2)
+DEFAULT_STEPS = 100
+WARMUP_STEPS = 10
+MATMUL_SIDE = 1024  # the float32 matmul whose speed stands for the machine's peak
+CANDIDATE_BUDGETS = [4000, 8000]
+CANDIDATE_STEPS = 30  # per sampled candidate: enough to rank them, and 40 take minutes
+NO_CAP = 10**9
+
+
+@dataclass
+class StepTiming:
+    """One net at one thread count: seconds per epoch of each path, and the bound."""
+
+    net: str
+    params: int
+    train_flop: int  # per image: 6 x the forward MACs
+    threads: int
+    plain_epoch_s: float
+    fast_epoch_s: float
+    bound_epoch_s: float
+    plain_faults: int  # page faults per step: memory the kernel had to hand back and zero
+    fast_faults: int
+
+    @property
+    def speedup(self) -> float:
+        return self.plain_epoch_s / self.fast_epoch_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+def matmul_flops(threads: int, side: int = MATMUL_SIDE, repeats: int = 10) -> float:
+    """FLOP/s of a float32 ``side``^3 matmul on ``threads`` threads, the best of ``repeats``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(side, side), torch.randn(side, side)
+        a @ b  # warm-up: thread pool and caches
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return 2 * side**3 / best
+    finally:
+        torch.set_num_threads(previous)
+
+
+def epoch_seconds(
+    net: str | dict,
+    data_dir: str | Path | None,
+    *,
+    plain: bool,
+    threads: int,
+    steps: int = DEFAULT_STEPS,
+    warmup: int = WARMUP_STEPS,
+) -> tuple[float, int]:
+    """Seconds per epoch of one path of ``search.engine.train``, from ``steps`` timed steps
+    after ``warmup`` more. ``net`` is a TARGET (a reference net, an export) or a spec.
+    Also the minor page faults per timed step. It runs in the calling process:
+    ``step_benchmark`` gives each call a fresh one."""
+    torch.set_num_threads(threads)
+    fit, _ = search_data(data_dir, "cpu")
+    recipe = Recipe(epochs=1)
+    probe = Split(fit.images[:1], fit.labels[:1])  # evaluation is not what is timed
+    torch.manual_seed(0)
+    model = build(net) if isinstance(net, dict) else load_target(net).build()
+    train(model, _first(fit, warmup * recipe.batch_size), probe, recipe, plain=plain)
+    timed = _first(fit, steps * recipe.batch_size)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    train(model, timed, probe, recipe, plain=plain)
+    seconds = (time.perf_counter() - start) / steps * EPOCH_IMAGES / recipe.batch_size
+    return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) // steps
+
+
+def step_benchmark(
+    nets: list[str] | tuple[str, ...] = DEFAULT_NETS,
+    *,
+    data_dir: str | Path | None = None,
+    threads: list[int] | tuple[int, ...] = DEFAULT_THREADS,
+    steps: int = DEFAULT_STEPS,
+    candidates: int = 0,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time plain against fast for every net and thread count, a printed row for each.
+
+    Returns the machine, the matmul peaks and the rows, for ``--out``; the last printed
+    line is the smallest speedup at one thread (or at the fewest threads timed).
+    Bad input raises UsageError before anything is timed.
+    """
+    say = say or (lambda line: print(line, flush=True))
+    specs = {net: _spec(net) for net in nets}
+    if steps <= 0 or not threads or min(threads) <= 0:
+        raise UsageError("--steps and --threads need positive integers")
+    search_data(data_dir, "cpu")  # missing MNIST fails here, not in a worker process
+    info = machine(torch.device("cpu"))
+    say(
+        f"machine: {info['cpu']} ({info['cpu_capability']}), {info['cores']} cores,"
+        f" torch {info['torch']}, load average {info['load_average']:.2f}"
+    )
+    say(
+        f"method: {steps} timed steps of 128 images after {WARMUP_STEPS} warm-up steps, each"
+        f" configuration in a fresh process; seconds per epoch of {EPOCH_IMAGES:,} images,"
+        " training step only (augmentation, forward, backward, SGD), no evaluation"
+    )
+    peaks = {n: matmul_flops(n) for n in threads}
+    say(
+        "FLOP bound: 6 FLOPs per forward MAC at the speed of a float32"
+        f" {MATMUL_SIDE}x{MATMUL_SIDE} matmul: "
+        + ", ".join(f"{peaks[n] / 1e9:.0f} GFLOP/s on {_threads(n)}" for n in threads)
+    )
+    say(
+        f"{'net':<18} {'params':>7} {'MFLOP/img':>9} {'threads':>7} {'plain s/epoch':>13}"
+        f" {'fast s/epoch':>12} {'speedup':>7} {'bound s':>7} {'fast/bound':>10}"
+        f" {'faults/step plain, fast':>23}"
+    )
+    rows = []
+    # One process per configuration: maxtasksperchild=1 starts a new one for each.
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for net, spec in specs.items():
+            counts = analyse(spec)
+            flop = 6 * counts.macs
+            for n in threads:
+                kwargs = {"threads": n, "steps": steps}
+                plain, plain_faults = pool.apply(
+                    epoch_seconds, (net, data_dir), {"plain": True, **kwargs}
+                )
+                fast, fast_faults = pool.apply(
+                    epoch_seconds, (net, data_dir), {"plain": False, **kwargs}
+                )
+                bound = flop * EPOCH_IMAGES / peaks[n]
+                row = StepTiming(
+                    _name(net),
+                    counts.params,
+                    flop,
+                    n,
+                    plain,
+                    fast,
+                    bound,
+                    plain_faults,
+                    fast_faults,
+                )
+                rows.append(row)
+                say(
+                    f"{row.net:<18} {row.params:>7,} {flop / 1e6:>9.1f} {n:>7} {plain:>13.1f}"
+                    f" {fast:>12.1f} {row.speedup:>6.2f}x {row.bound_epoch_s:>7.1f}"
+                    f" {fast / row.bound_epoch_s:>9.1f}x {plain_faults:>13,} {fast_faults:>9,}"
+                )
+    fewest = min(threads)
+    worst = min((r for r in rows if r.threads == fewest), key=lambda r: r.speedup)
+    costs = candidate_costs(candidates, data_dir=data_dir, say=say) if candidates else None
+    say(f"smallest speedup on {_threads(fewest)}: {worst.speedup:.2f}x ({worst.net})")
+    return {
+        "machine": info,
+        "steps": steps,
+        "warmup_steps": WARMUP_STEPS,
+        "epoch_images": EPOCH_IMAGES,
+        "matmul_flops": {str(n): peaks[n] for n in threads},
+        "rows": [r.as_dict() for r in rows],
+        "candidates": costs,
+    }
+
+
+def candidate_costs(
+    count: int,
+    *,
+    data_dir: str | Path | None = None,
+    steps: int = CANDIDATE_STEPS,
+    seed: int = 0,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Seconds per epoch of ``count`` candidates sampled with the activation cap lifted
+    (4k and 8k budgets alternately, fast path, one thread), and Spearman's rho of those
+    seconds with the candidates' MACs and with their activations per image."""
+    pool = sample_candidates(count, CANDIDATE_BUDGETS, seed, max_activations=NO_CAP)
+    say("")
+    say(
+        f"candidates: {count} sampled with the activation cap lifted (budgets"
+        f" {' and '.join(f'{b:,}' for b in CANDIDATE_BUDGETS)} alternately), fast path,"
+        f" 1 thread, {steps} steps each"
+    )
+    say(f"{'#':>3} {'budget':>6} {'params':>7} {'M MACs':>6} {'activations':>11} {'s/epoch':>7}")
+    with multiprocessing.get_context("spawn").Pool(1) as pool_process:
+        for candidate in pool:
+            candidate["epoch_s"], _ = pool_process.apply(
+                epoch_seconds,
+                (candidate["spec"], data_dir),
+                {"plain": False, "threads": 1, "steps": steps, "warmup": 3},
+            )
+            say(
+                f"{candidate['candidate']:>3} {candidate['budget']:>6,} {candidate['params']:>7,}"
+                f" {candidate['macs'] / 1e6:>6.2f} {candidate['activations']:>11,}"
+                f" {candidate['epoch_s']:>7.1f}"
+            )
+    seconds = [c["epoch_s"] for c in pool]
+    rho_macs = spearman([c["macs"] for c in pool], seconds)
+    rho_activations = spearman([c["activations"] for c in pool], seconds)
+    say(
+        f"Spearman's rho of s/epoch: with MACs {rho_macs:.2f}, with activations {rho_activations:.2f}"
+    )
+    for label, group in (
+        ("over", [c for c in pool if c["activations"] > MIN_MAX_ACTIVATIONS]),
+        ("within", [c for c in pool if c["activations"] <= MIN_MAX_ACTIVATIONS]),
+    ):
+        if group:
+            times = [c["epoch_s"] for c in group]
+            say(
+                f"{label} the {MIN_MAX_ACTIVATIONS:,} activation cap: {len(group)} candidates,"
+                f" median {statistics.median(times):.1f} s/epoch (range {min(times):.1f}-{max(times):.1f})"
+            )
+    return {
+        "steps": steps,
+        "seed": seed,
+        "rho_macs": rho_macs,
+        "rho_activations": rho_activations,
+        "candidates": [
+            {k: c[k] for k in ("candidate", "budget", "params", "macs", "activations", "epoch_s")}
+            for c in pool
+        ],
+    }
+
+
+def _spec(net: str) -> dict:
+    target = load_target(net)
+    if not target.is_spec:
+        raise UsageError(f"{net}: --step times specs: a reference net or a budgetnas export")
+    return target.spec
+
+
+def _name(net: str) -> str:
+    return Path(net).stem if net.endswith(".py") or net.endswith(".json") else net
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n > 1 else ''}"
+
+
+def _first(split: Split, count: int) -> Split:
+    # The first ``count`` images, wrapping around when asked for more than there are.
+    index = torch.arange(count) % len(split)
+    return Split(split.images[index], split.labels[index])

@@ -357,6 +357,7 @@ def train(
     device: str = "auto",
     train_subset: int | None = None,
     progress: bool = True,
+    plain_step: bool = False,
 ) -> list[float]:
     """Train one network with the default recipe (``budgetnas train``) and return its
     final-epoch test accuracy (%) for each of seeds 0 .. ``seeds`` - 1.
@@ -366,6 +367,8 @@ def train(
     N x 10 logits out), or what ``budgetnas train`` takes: the path of a spec ``.json``,
     of an exported ``.py`` module, or ``"file.py:ClassName"``. ``train_subset`` trains
     on that many of the training images; the test set is always the full 10k.
+    ``plain_step`` trains with the textbook PyTorch step instead of the engine's fast one
+    (``--plain-step``): the same maths, slower.
     """
     make = _network(target)
     torch_device = check_device(device)
@@ -385,6 +388,7 @@ def train(
             device=torch_device,
             on_epoch=None if progress else _epoch_line(seed, epochs),
             progress=progress,
+            plain=plain_step,
         )
         print(f"seed {seed}: final-epoch test {result.accuracy:.2f}% ({result.seconds:.0f} s)")
         accuracies.append(result.accuracy)

@@ -54,12 +54,13 @@ MIN_FILL = 0.5  # the smallest share of the budget a candidate is scaled to
 # at 20k (ref13010: 2.36 M). Above it, candidates train slowly on a CPU for no gain.
 MACS_PER_PARAM = 160
 # Default cap on activations per image (``space.Analysis.activations``), which set a
-# small net's time per epoch on a CPU more than its MACs do (README, "What an epoch
-# costs"). Most of them are written by the full-resolution first stage, which the good
+# small net's time per epoch on a CPU more than its MACs did under the plain training
+# step (docs/evidence.md, "What an epoch costs"; under the fast step the MACs rank it
+# better). Most of them are written by the full-resolution first stage, which the good
 # nets keep narrow at every budget: ref7676 has 22k, ref13010 29k, ref19354 40k, the
 # shipped 8k net 36k and the 4k one 26k. 45k keeps all of them; above it, sampled 8k
-# candidates took up to 54 s per epoch on one core, twice the shipped net's time. It
-# grows with budgets over 15k so that wider nets stay in reach.
+# candidates took up to 54 s per epoch on one core with the plain step, twice the shipped
+# net's time. It grows with budgets over 15k so that wider nets stay in reach.
 MIN_MAX_ACTIVATIONS = 45_000
 ACTIVATIONS_PER_PARAM = 3
 

@@ -111,8 +111,8 @@ def engine_rate(
     images = Split(images.images.to(device), images.labels.to(device))
     model = _model(name)
     probe = Split(images.images[:1], images.labels[:1])  # evaluation is not what is timed
-    train(model, _take(images, warmup * BATCH), probe, RECIPE, device=device)
-    fit = _take(images, steps * BATCH)
+    train(model, first_images(images, warmup * BATCH), probe, RECIPE, device=device)
+    fit = first_images(images, steps * BATCH)
     if before_timing is not None:
         before_timing()
     start = _clock(device)
@@ -463,7 +463,7 @@ def _model(name: str) -> torch.nn.Module:
     return build(ZOO[name])
 
 
-def _take(images: Split, count: int) -> Split:
+def first_images(images: Split, count: int) -> Split:
     """The first ``count`` images, wrapping around when asked for more than there are."""
     index = torch.arange(count, device=images.images.device) % len(images)
     return Split(images.images[index], images.labels[index])

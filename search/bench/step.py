@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from search.bench.fidelity import sample_candidates
-from search.bench.speed import machine
+from search.bench.speed import first_images, machine
 from search.engine.data import Split, search_data
 from search.engine.train import Recipe, train
 from search.errors import UsageError
@@ -114,8 +114,8 @@ def epoch_seconds(
     probe = Split(fit.images[:1], fit.labels[:1])  # evaluation is not what is timed
     torch.manual_seed(0)
     model = build(net) if isinstance(net, dict) else load_target(net).build()
-    train(model, _first(fit, warmup * recipe.batch_size), probe, recipe, plain=plain)
-    timed = _first(fit, steps * recipe.batch_size)
+    train(model, first_images(fit, warmup * recipe.batch_size), probe, recipe, plain=plain)
+    timed = first_images(fit, steps * recipe.batch_size)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     train(model, timed, probe, recipe, plain=plain)
@@ -283,9 +283,3 @@ def _name(net: str) -> str:
 
 def _threads(n: int) -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
-
-
-def _first(split: Split, count: int) -> Split:
-    # The first ``count`` images, wrapping around when asked for more than there are.
-    index = torch.arange(count) % len(split)
-    return Split(split.images[index], split.labels[index])

@@ -12,7 +12,13 @@ from search.bench.arms import run_bench_search
 from search.bench.fidelity import print_family_table, print_fidelity_table, run_fidelity_study
 from search.bench.speed import DEFAULT_MODELS, DEFAULT_STEPS, benchmark
 from search.bench.step import DEFAULT_THREADS, step_benchmark
-from search.cli.common import _add_data, _check_folder_writable, _percentage, _positive_int
+from search.cli.common import (
+    _add_data,
+    _check_folder_writable,
+    _integers,
+    _percentage,
+    _positive_int,
+)
 from search.errors import UsageError
 from search.study.run import clock
 
@@ -166,12 +172,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _step(args: argparse.Namespace) -> dict:
     if args.device not in ("auto", "cpu"):
         raise UsageError("--step times the CPU step; leave out --device (or pass cpu)")
-    try:
-        threads = [int(n) for n in args.threads.split(",")]
-    except ValueError:
-        raise UsageError(
-            f"--threads takes integers separated by commas, got {args.threads!r}"
-        ) from None
+    threads = _integers(args.threads, "--threads")
     nets = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
     if args.candidates < 0:
         raise UsageError(f"--candidates must be 0 or more (got {args.candidates})")
@@ -187,12 +188,7 @@ def _step(args: argparse.Namespace) -> dict:
 
 def cmd_bench_fidelity(args: argparse.Namespace) -> int:
 
-    try:
-        budgets = [int(b) for b in args.budgets.split(",")]
-    except ValueError:
-        raise UsageError(
-            f"--budgets takes integers separated by commas, got {args.budgets!r}"
-        ) from None
+    budgets = _integers(args.budgets, "--budgets")
     out = Path(args.out)
     _check_folder_writable(out, "--out")
     started = time.monotonic()

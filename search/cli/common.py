@@ -105,6 +105,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _integers(text: str, option: str) -> list[int]:
+    """A comma-separated list of integers from ``option``, or a one-line UsageError."""
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{option} takes integers separated by commas, got {text!r}") from None
+
+
 def _percentage(text: str) -> float:
     """An accuracy target; checked here so that 'abc' gets the same hint as 101."""
     try:

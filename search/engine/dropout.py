@@ -53,15 +53,15 @@ class _SparseDropout(torch.autograd.Function):
         _flat(out).index_fill_(0, dropped, 0.0)
         ctx.save_for_backward(dropped)
         ctx.scale = scale
-        ctx.template = out  # only its layout is read: the gradient must share it
+        # The gradient must share the output's layout for the positions to mean the same values.
+        ctx.layout = torch.contiguous_format if out.is_contiguous() else torch.channels_last
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (dropped,) = ctx.saved_tensors
-        grad_in = torch.mul(grad, ctx.scale, out=torch.empty_like(ctx.template))
+        grad_in = torch.mul(grad, ctx.scale, out=torch.empty_like(grad, memory_format=ctx.layout))
         _flat(grad_in).index_fill_(0, dropped, 0.0)
-        del ctx.template
         return grad_in, None
 
 

@@ -10,7 +10,7 @@ The step is plain PyTorch made fast where the profile of the nets searched here
 pointed (docs/speed.md), without changing what they compute:
 
 - channels_last activations and weights, on the CPU as on CUDA: the small convolutions'
-  backward pass and the max-pools run several times faster in it;
+  backward pass and the max-pools run faster in it;
 - ``nn.Dropout`` masks drawn as geometric gaps on the CPU (``search.engine.dropout``):
   the same masks in distribution for a few random numbers per dropped value;
 - on Linux, freed memory kept for the next step instead of handed back to the
@@ -42,7 +42,7 @@ SCHEDULES = ("onecycle", "step")
 CUDA_CHECK_EVERY = 25  # steps between loss checks on CUDA, where each check is a host sync
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what training autocasts to (evaluation: fp32)
 # Which step trained a trial, as recorded with it: a study's measured pace is a fair cost
-# estimate only for trials of the same step (the fast one is 1.5-1.9x quicker per epoch).
+# estimate only for trials of the same step (the fast one is 1.4-1.8x quicker per epoch).
 STEP = "fast"
 # glibc's mallopt: blocks up to 32 MiB (its maximum) come from the heap, not from mmap, and up
 # to 1 GiB of freed heap stays with the process, so one step's activations reuse the last's.
@@ -337,8 +337,9 @@ def _layout_of(model: nn.Module) -> torch.memory_format:
 def _keep_freed_memory() -> None:
     # Each step allocates and frees megabytes of activations. glibc serves blocks over a
     # moving threshold with mmap and returns them on free, so the next step page-faults
-    # them in again (the kernel zeroes every page): ~2,000 faults a step for the shipped
-    # 8k net. Keeping them on the heap makes that ~10. Elsewhere (macOS, musl) do nothing.
+    # them in again (the kernel zeroes every page): 200-9,000 faults a step for the nets
+    # of `budgetnas bench --step`, and 20-50 with them kept on the heap. Elsewhere (macOS,
+    # musl) do nothing.
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)

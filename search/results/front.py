@@ -28,7 +28,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from search.errors import UsageError
-from search.results.report import FIGURE_HEIGHT, _write_atomically
+from search.results.report import FIGURE_HEIGHT, write_atomically
 from search.study.confirm import confirmations
 from search.study.storage import (
     SQLITE_BUSY_TIMEOUT_S,
@@ -502,5 +502,5 @@ def write_front_html(front: Front, out: str | Path, target: float | None = None)
         raise UsageError(
             f"cannot write {path}: {error.strerror or error}; pass another --html"
         ) from None
-    _write_atomically(path, page, option="--html")
+    write_atomically(path, page, option="--html")
     return path

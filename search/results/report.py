@@ -252,7 +252,7 @@ def write_report(study: optuna.Study, out: str | Path) -> Path:
         raise UsageError(
             f"cannot write {path}: {error.strerror or error}; pass another --out"
         ) from None
-    _write_atomically(path, page)
+    write_atomically(path, page)
     return path
 
 
@@ -336,7 +336,7 @@ def _table(rows: list[dict], caption: str) -> str:
     return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
 
 
-def _write_atomically(path: Path, text: str, option: str = "--out") -> None:
+def write_atomically(path: Path, text: str, option: str = "--out") -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, which
     ``os.replace`` then moves in one step; any failure removes the temporary file and
     ends in a UsageError that names ``option``, the command's option for the path."""

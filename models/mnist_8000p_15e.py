@@ -33,6 +33,7 @@ SPEC = {
 }
 METRICS = {'study': 'mnist-8000p-15e',
  'trial': 17,
+ 'origin': 'sampled',
  'test_accuracy': [99.52, 99.52, 99.43],
  'test_accuracy_mean': 99.49,
  'test_accuracy_min': 99.43,

@@ -50,7 +50,7 @@ from search.errors import UsageError
 from search.own_model.target import load_target
 from search.results.export import export_trial
 from search.results.front import read_front
-from search.results.tables import trial_counts
+from search.results.tables import trial_counts, trial_origin
 from search.study.config import SearchConfig, check_device
 from search.study.confirm import Confirmation, confirm_study, confirmations, selected
 from search.study.run import run_search
@@ -83,6 +83,7 @@ TRIAL_COLUMNS = (
     "test_mean",
     "test_min",
     "selected",
+    "origin",
     "zoo",
     "pruned_reason",
     "fail_reason",
@@ -108,6 +109,8 @@ def search(
     confirm: bool = True,
     top_k: int = 3,
     seeds: int = 3,
+    use_all_time: bool = False,
+    transfer: bool = True,
     warm_start: bool = False,
     pruner: str = "rungs",
     max_macs: int | None = None,
@@ -123,10 +126,15 @@ def search(
     as it finishes. With ``confirm``, the ``top_k`` best trials are then retrained on
     the full training set with ``seeds`` seeds and scored on the test set at the final
     epoch, until one clears ``target`` (the study's winner, which ``export`` writes).
-    ``timeout`` (seconds) bounds the search and the confirmation together.
+    ``timeout`` (seconds) bounds the search and the confirmation together. The search
+    stops at the first confirmed net that clears ``target`` (a trial likely to clear it is
+    confirmed as soon as it finishes); ``use_all_time`` searches until ``timeout`` or
+    ``trials`` for the best net instead, then confirms.
 
     ``train_subset`` trains on that many images for a quick look (the confirmation uses
-    the same number); ``warm_start`` first tries the reference networks that fit the
+    the same number); ``transfer`` first tries, in a new study, the shipped models and
+    the winners of the other studies in ``storage``, rescaled to ``budget``;
+    ``warm_start`` first tries the reference networks that fit the
     budget; ``max_macs`` and ``max_activations`` cap a candidate's compute and time per
     epoch (defaults grow with the budget); ``progress`` shows per-epoch bars (with
     several ``workers``, one line per epoch instead). Returns the ``optuna.Study``.
@@ -150,7 +158,9 @@ def search(
         max_macs=max_macs,
         max_activations=max_activations,
         warm_start=warm_start,
+        transfer=transfer,
         confirm_seeds=seeds if confirm else 0,
+        stop_when_answered=not use_all_time,
         estimate=True,
         workers=workers,
         progress_bars=progress,
@@ -201,7 +211,8 @@ def trials(study: optuna.Study, *, full: bool = False) -> pd.DataFrame:
     pruned trial's last one); ``params`` and ``macs`` (parameters, multiply-accumulates
     per image); ``receptive_field``; ``epoch_seconds`` (mean seconds per epoch of the full
     training) and ``train_seconds``; ``test_mean``, ``test_min`` and ``selected`` for
-    confirmed trials; ``zoo`` (a warm-started reference net); ``pruned_reason`` and
+    confirmed trials; ``origin`` (sampled, or the known net transfer queued);
+    ``zoo`` (a warm-started reference net); ``pruned_reason`` and
     ``fail_reason``; ``duration``.
     ``full=True`` adds every other user attribute (spec, recipe, curves...) and Optuna's
     sampled parameters (``params_*``).
@@ -222,6 +233,8 @@ def trials(study: optuna.Study, *, full: bool = False) -> pd.DataFrame:
         values = [_get(confirmed, n, field) for n in frame.index]
         frame[column] = pd.Series(values, index=frame.index, dtype=float)  # NaN: unconfirmed
     frame["selected"] = [bool(_get(confirmed, n, "selected")) for n in frame.index]
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    frame["origin"] = [trial_origin(by_number[n]) for n in frame.index]
     for column in TRIAL_COLUMNS:
         if column not in frame.columns:  # an attribute no trial has yet
             frame[column] = None

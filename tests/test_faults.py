@@ -57,7 +57,7 @@ def search_args(folder: Path, trials: int, workers: int = 1, images: int = 1000)
         "--trials", str(trials), "--warm-start", "--pruner", "none",
         "--train-subset", str(images), "--val-size", "500", "--device", "cpu",
         "--storage", f"sqlite:///{folder}/s.db", "--artifacts", str(folder / "artifacts"),
-        "--no-confirm", "--heartbeat", "1", "--workers", str(workers),
+        "--no-confirm", "--no-transfer", "--heartbeat", "1", "--workers", str(workers),
     ]  # fmt: skip
 
 

@@ -145,7 +145,8 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path):
         if cell.cell_type == "code"
         for output in cell.outputs
     )
-    assert "trial    0:" in text and "trial    1:" in text  # the per-trial progress lines
+    assert "transfer: queued shipped model" in text  # a new study starts from known nets
+    assert "trial    0:" in text  # the per-trial progress lines
     assert "selected: trial" in text
     assert "val_accuracy" in text  # the trials DataFrame was displayed
     assert "test accuracy" in text and "recorded by the confirmation" in text

@@ -18,6 +18,7 @@ from search.engine.data import Split, confirm_data, resolve_data_dir, search_dat
 from search.engine.train import STEP, Recipe, evaluate
 from search.results.tables import choices_table, epoch_cost_table, reached
 from search.study import estimate
+from search.study import run as run_module
 from search.study.config import SearchConfig
 from search.study.confirm import _train_seeds, confirmations, seed_rounds, selected
 from search.study.objective import Objective, OutOfTime
@@ -318,6 +319,9 @@ def one_tiny_trial(tmp_path: Path, seconds_left: float, **settings) -> optuna.St
     objective's deadline."""
     config = tiny_config(tmp_path, **settings)
     study = create_or_resume(config)
+    study.pruner = (
+        optuna.pruners.NopPruner()
+    )  # every rung promotes: these tests are about the clock
     fit, validation = search_data(DATA, "cpu", 200, 0, 300)
     objective = Objective(config, fit, validation, torch.device("cpu"))
     objective.deadline = time.monotonic() + seconds_left
@@ -337,9 +341,11 @@ def test_a_rung_that_would_pass_the_timeout_is_not_started_and_the_trial_is_queu
 
 
 @needs_data
-def test_a_candidate_the_timeout_stopped_waits_for_the_resume_not_this_run(tmp_path):
+def test_a_candidate_the_timeout_stopped_waits_for_the_resume_not_this_run(tmp_path, monkeypatch):
     """Its copy is queued when the run ends: run again in the same run, it would retrain
     the rungs it had just trained and be stopped at the same rung again."""
+    # Every rung promotes (a lone trial would wait for competitors): this is about the clock.
+    monkeypatch.setattr(run_module, "make_pruner", lambda *_: optuna.pruners.NopPruner())
     # No 3-epoch rung fits beside a million-seed confirmation: every promoted trial stops.
     config = tiny_config(tmp_path, timeout=15, confirm_seeds=1_000_000)
     study = create_or_resume(config)
@@ -393,7 +399,7 @@ def searched(tmp_path_factory):
     args = [
         "search", "--budget", "8000", "--epochs", "1", "--trials", "3", "--warm-start",
         "--train-subset", "3000", "--val-size", "1000", "--top-k", "1", "--seeds", "2",
-        "--target", "10", "--pruner", "none",
+        "--target", "10", "--pruner", "none", "--no-transfer", "--use-all-time",
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)  # the default storage and artifacts land in the working directory

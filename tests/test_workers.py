@@ -214,7 +214,7 @@ def test_search_workers_and_a_joining_worker_share_a_postgres_study(
     search_args = [
         "search", "--study", "pg", "--budget", "8000", "--epochs", "2",
         "--trials", str(trials), "--workers", "2", "--pruner", "none",
-        "--train-subset", "1500", "--val-size", "500", "--no-confirm", *common,
+        "--train-subset", "1500", "--val-size", "500", "--no-confirm", "--no-transfer", *common,
     ]  # fmt: skip
     config = SearchConfig(
         study="pg", budget=8000, epochs=2, trials=trials, train_subset=1500, val_size=500,

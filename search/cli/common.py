@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
@@ -178,9 +179,13 @@ def _table(rows: list[dict], columns: dict[str, str]) -> str:
 
     cells = [[cell(row.get(key)) for key in columns] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(columns.values())]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(columns.values(), widths, strict=True))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+
+    def line(values: Iterable[str]) -> str:
+        # Figures right-aligned; the last column left-aligned, as it may be free text.
+        *figures, last = [v.rjust(w) for v, w in zip(values, widths, strict=True)]
+        return "  ".join([*figures, last.strip()]).rstrip()
+
+    return "\n".join([line(columns.values()), *map(line, cells)])
 
 
 def _existing_study(args: argparse.Namespace) -> optuna.Study:

@@ -228,6 +228,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "reached": "trained to",
                 "state": "state",
                 "selected": "selected",
+                "origin": "from",
             },
         )
     )

@@ -24,7 +24,12 @@ from search.results.tables import over_budget, over_cap
 from search.study.config import PRUNERS, SearchConfig, check_device, check_precision
 from search.study.confirm import confirm_study, selected
 from search.study.run import clock, finished_count, run_search, run_worker
-from search.study.sampler import ACTIVATIONS_PER_PARAM, MACS_PER_PARAM, MIN_MAX_ACTIVATIONS
+from search.study.sampler import (
+    ACTIVATIONS_PER_PARAM,
+    MACS_PER_PARAM,
+    MIN_MAX_ACTIVATIONS,
+    MIN_MAX_MACS,
+)
 from search.study.storage import artifact_store
 
 
@@ -74,7 +79,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--max-macs",
         type=_positive_int,
         help="compute cap: multiply-accumulates per image; over-cap candidates are pruned "
-        f"untrained (default: {MACS_PER_PARAM} x --budget)",
+        f"untrained (default: {MACS_PER_PARAM} x --budget, at least {MIN_MAX_MACS:,})",
     )
     search.add_argument(
         "--max-activations",
@@ -90,10 +95,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--warm-start", action="store_true", help="first try the reference nets that fit"
     )
     search.add_argument(
+        "--no-transfer",
+        action="store_true",
+        help="start from scratch: do not first try the shipped models and the other studies' "
+        "winners, rescaled to --budget (default: try them, in a new study)",
+    )
+    search.add_argument(
         "--top-k", type=_positive_int, default=3, help="trials to confirm after the search"
     )
     search.add_argument("--seeds", type=_positive_int, default=3, help="seeds per confirmation")
     search.add_argument("--no-confirm", action="store_true", help="skip confirmation and selection")
+    search.add_argument(
+        "--use-all-time",
+        action="store_true",
+        help="search until --timeout or --trials for the best net, then confirm (default: stop "
+        "at the first confirmed net that clears --target)",
+    )
     search.add_argument("--heartbeat", type=int, default=60, help=argparse.SUPPRESS)
     search.set_defaults(run=cmd_search)
 
@@ -188,7 +205,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_macs=args.max_macs,
         max_activations=args.max_activations,
         warm_start=args.warm_start,
+        transfer=not args.no_transfer,
         confirm_seeds=0 if args.no_confirm else args.seeds,
+        stop_when_answered=not args.use_all_time,
         estimate=True,
         workers=args.workers,
         heartbeat=args.heartbeat,
@@ -204,7 +223,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     study = run_search(config)
     finished = finished_count(study)
-    if finished < config.trials:
+    if finished < config.trials and config.confirms_answers and selected(study):
+        print(
+            f"answered at {finished} of {config.trials} trials: a confirmed net clears the "
+            "target (--use-all-time searches on for the best one)",
+            flush=True,
+        )
+    elif finished < config.trials:
         print(
             f"--timeout {args.timeout:g} s ended the search at {finished} of {config.trials} "
             "trials; rerun the same command to resume it",

@@ -11,7 +11,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
 from search.errors import UsageError
-from search.results.tables import find_trial
+from search.results.tables import find_trial, trial_origin
 from space import export_module
 
 
@@ -58,7 +58,12 @@ def export_trial(
                 f"weights of trial {trial.number} are missing from the artifact store ({error}); pass --artifacts"
             ) from None
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    metrics = {"study": study.study_name, "trial": trial.number, **metrics}
+    metrics = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "origin": trial_origin(trial),
+        **metrics,
+    }
     return write_export(
         trial.user_attrs["spec"],
         out,

@@ -210,9 +210,19 @@ def trials_table(study: optuna.Study, limit: int = 10) -> list[dict]:
                 "reached": reached(trial),
                 "state": trial.state.name,
                 "selected": bool(confirmation and confirmation.selected),
+                "origin": trial_origin(trial),
             }
         )
     return rows
+
+
+def trial_origin(trial: FrozenTrial) -> str:
+    """Where the trial's candidate came from: "sampled", a known net that transfer queued
+    (``search.study.transfer``), or a --warm-start reference net."""
+    if "origin" in trial.user_attrs:
+        return trial.user_attrs["origin"]
+    zoo = trial.user_attrs.get("zoo")
+    return f"reference net {zoo} (warm start)" if zoo else "sampled"
 
 
 def reached(trial: FrozenTrial) -> str:

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from search.engine.train import autocast_dtype, resolve_device
 from search.errors import UsageError
-from search.study.plan import PROMOTE_ONE_IN
+from search.study.promotion import RungPromotion
 from search.study.sampler import default_max_activations, default_max_macs
 from search.study.storage import DEFAULT_ARTIFACTS, DEFAULT_STORAGE, check_storage_url
 
@@ -59,7 +59,13 @@ class SearchConfig:
     max_macs: int | None = None  # compute cap per image; None: sampler.default_max_macs
     max_activations: int | None = None  # None: sampler.default_max_activations
     warm_start: bool = False
+    # Queue the nets earlier searches found (search.study.transfer) when the study is new.
+    transfer: bool = False
     confirm_seeds: int = 0  # seeds the confirmation after the search will train, if any
+    # Stop at the first confirmed net that clears the target (needs confirm_seeds): a
+    # trial likely to clear pauses the search and is confirmed with every worker's cores.
+    # False: search until --timeout or --trials for the best net, then confirm.
+    stop_when_answered: bool = False
     workers: int = 1
     heartbeat: int = 60
     estimate: bool = False  # print what the search will cost before it trains anything
@@ -78,6 +84,11 @@ class SearchConfig:
         if self.max_activations is None:
             return default_max_activations(self.budget)
         return self.max_activations
+
+    @property
+    def confirms_answers(self) -> bool:
+        """Whether a trial likely to clear the target pauses the search for its confirmation."""
+        return self.stop_when_answered and self.confirm_seeds > 0
 
     def deadline(self) -> float:
         """time.monotonic() by which the run must end: ``inf`` without --timeout."""
@@ -158,15 +169,14 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     """The pruner that stops losing trials.
 
     "rungs" (the default) is successive halving over the rungs of ``search.study.plan``: each
-    rung a training of its own, reported as one step. The others judge one full-length
+    rung a training of its own, reported as one step, promoted by ASHA's rule
+    (``search.study.promotion``). The others judge one full-length
     training epoch by epoch; their warm-up skips the noisy first epochs. The median pruner starts judging after 2 complete trials, not Optuna's default 5: a
     CPU search affords a few dozen trials, and until the pruner starts, every poor
     candidate trains to the end.
     """
     if name == "rungs":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, reduction_factor=PROMOTE_ONE_IN, min_early_stopping_rate=0
-        )
+        return RungPromotion()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 4))
     if name == "halving":

@@ -44,8 +44,9 @@ from search.engine.train import (
     train,
 )
 from search.study.config import CONSTRAINTS, FINISHED, SearchConfig
-from search.study.confirm import confirmation_seconds_from, reserve_seconds
+from search.study.confirm import confirmation_seconds_from, likely_answers, reserve_seconds
 from search.study.plan import Rung, rungs_for
+from search.study.promotion import RESUMES
 from search.study.sampler import sample_architecture, search_recipe
 from search.study.signals import raise_if_stopped, stop_reason, stop_signals_let_through
 from search.study.storage import artifact_store
@@ -55,6 +56,11 @@ from space import ZOO, SpecError, analyse, build, normalise
 class OutOfTime(Exception):
     """--timeout would pass during the trial's next rung: it stops, failed, and is queued
     to run first when the search is resumed."""
+
+
+class Paused(OutOfTime):
+    """Another trial is likely to clear the target and is about to be confirmed: this one
+    stops before its next rung and is queued to run first when the search goes on."""
 
 
 class SurplusTrial(Exception):
@@ -95,10 +101,18 @@ class Objective:
         if not _claim_slot(trial, config.trials):
             raise SurplusTrial(f"trial {trial.number}: --trials {config.trials} already reached")
         zoo_name = trial.user_attrs.get("zoo")
-        if zoo_name:  # enqueued by --warm-start: a reference net
+        known = trial.user_attrs.get("given_spec")  # queued by transfer (search.study.transfer)
+        if known:
+            spec = known
+        elif zoo_name:  # enqueued by --warm-start: a reference net
             spec = ZOO[zoo_name]
         else:
             spec = sample_architecture(trial, config.budget, config.mac_cap, config.activation_cap)
+        if "origin" not in trial.user_attrs:
+            trial.set_user_attr(
+                "origin", f"reference net {zoo_name} (warm start)" if zoo_name else "sampled"
+            )
+        origin = trial.user_attrs["origin"]
         recipe = search_recipe(config.epochs)
         try:
             spec = normalise(spec)
@@ -129,11 +143,11 @@ class Objective:
         if reasons:
             _prune_untrained(trial, "; ".join(reasons), violations)
         _set_constraints(trial, violations)
-        what = f"Reference net **{zoo_name}** (warm start)" if zoo_name else "Sampled candidate"
-        # The dashboard's trial page shows this note; a warm-started trial has no Params.
+        # The dashboard's trial page shows this note; a queued known net has no Params.
         optuna_dashboard.save_note(
             trial,
-            f"{what}: {analysis.params:,} parameters, {analysis.macs:,} MACs and "
+            f"**{origin[0].upper()}{origin[1:]}**: {analysis.params:,} parameters, "
+            f"{analysis.macs:,} MACs and "
             f"{analysis.activations:,} activations per image, "
             f"receptive field {analysis.receptive_field}.",
         )
@@ -148,7 +162,9 @@ class Objective:
         started = time.perf_counter()
         try:
             if config.pruner == "rungs":
-                result = self._climb(trial, spec, rungs_for(config.epochs, len(self.fit)))
+                rungs = rungs_for(config.epochs, len(self.fit))
+                # A known net proved itself at full length where it was found.
+                result = self._climb(trial, spec, rungs[-1:] if known else rungs)
             else:
                 result = self._train(trial, spec, recipe, self.fit, report=True)
         except NonFiniteLoss as error:
@@ -180,9 +196,23 @@ class Objective:
         """
         config = self.config
         previous: tuple[float, float] | None = None  # (seconds, cost) of the last rung
+        earlier = _earlier_results(trial)
         for rung in rungs:
             images = rung.images or len(self.fit)
             cost = rung.epochs * images
+            if rung.step in earlier:  # taken up again: this rung's result is known
+                accuracy, seconds = earlier[rung.step]
+                previous = (seconds, cost)
+                _report(
+                    trial, accuracy, rung.step, f"not promoted past {rung.name} at {accuracy:.2f}%"
+                )
+                continue
+            if config.confirms_answers and rung is not rungs[0]:
+                likely = likely_answers(trial.study, config.target)
+                if likely:
+                    reason = f"paused: trial {likely[0].number} is likely to clear the target"
+                    trial.set_user_attr("fail_reason", reason)
+                    raise Paused(reason)
             if previous is not None and self.deadline < math.inf:
                 needed = previous[0] * cost / previous[1]
                 confirm = (config.confirm_seeds, config.train_subset, config.workers)
@@ -204,11 +234,12 @@ class Objective:
             if previous is None:
                 self.slowest_first_rung = max(self.slowest_first_rung, result.seconds)
             previous = (result.seconds, cost)
+            trial.set_user_attr("stopped_at_rung", rung.step)  # until it climbs past it
             _report(
                 trial,
                 result.accuracy,
                 rung.step,
-                f"not promoted past {rung.name} at {result.accuracy:.2f}%",
+                f"not promoted past {rung.name} at {result.accuracy:.2f}% (yet)",
             )
         raise AssertionError("the plan ends with the full rung")
 
@@ -288,6 +319,22 @@ def _report(trial: optuna.Trial, accuracy: float, step: int, reason: str) -> Non
     if trial.should_prune():
         trial.set_user_attr("pruned_reason", reason)
         raise optuna.TrialPruned()
+
+
+def _earlier_results(trial: optuna.Trial) -> dict[int, tuple[float, float]]:
+    """{step: (accuracy, seconds)} of the rungs a taken-up trial already ran, as the
+    stopped trial it continues recorded them (``search.study.promotion``); {} otherwise."""
+    number = trial.user_attrs.get(RESUMES)
+    if number is None:
+        return {}
+    stopped = trial.study.get_trials(deepcopy=False)[number]
+    curves = stopped.user_attrs.get("curves", {})
+    seconds = [sum(epoch["seconds"] for epoch in curve) for curve in curves.values()]
+    steps = sorted(stopped.intermediate_values)
+    return {
+        step: (stopped.intermediate_values[step], seconds[index] if index < len(seconds) else 0.0)
+        for index, step in enumerate(steps)
+    }
 
 
 def _prune_untrained(trial: optuna.Trial, reason: str, violations: dict[str, float]) -> NoReturn:

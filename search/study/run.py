@@ -35,9 +35,17 @@ from search.study.config import (
     make_pruner,
     share_gpu,
 )
-from search.study.confirm import reserve_seconds
+from search.study.confirm import (
+    LIKELY_MARGIN,
+    confirm_study,
+    confirmations,
+    likely_answers,
+    reserve_seconds,
+    selected,
+)
 from search.study.estimate import estimate_cost
 from search.study.objective import CPUOutOfMemory, Objective, OutOfTime, SurplusTrial
+from search.study.promotion import take_up_promotion
 from search.study.signals import (
     Terminated,
     handle_stop_signals,
@@ -45,6 +53,7 @@ from search.study.signals import (
     stop_signals_held,
 )
 from search.study.storage import MAX_RETRIES, open_storage
+from search.study.transfer import queue_known_nets, shipped_models, study_nets
 from space import ZOO, analyse
 
 INTERRUPTED = 130  # exit code of a worker process stopped by Ctrl-C, as a shell would set
@@ -53,6 +62,8 @@ TERMINATED = 143  # ... and by SIGTERM
 # of those trials may yet fail (CUDA OOM, Ctrl-C, a dead worker) and free its slot.
 WAIT_POLL_S = 1.0
 WAIT_NOTICE_S = 10.0  # say why a worker sits idle once it has waited this long
+# What a queued candidate is, beyond its sampled parameters: kept when it is queued again.
+QUEUED_ATTRS = ("zoo", "given_spec", "origin")
 
 
 class _RecordedFailures(logging.Filter):
@@ -110,6 +121,7 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
         "precision": config.precision,  # likewise; "auto" picks per device
         "max_macs": config.mac_cap,
         "max_activations": config.activation_cap,
+        "transfer": config.transfer,
     }
     name = config.study_name
     if name in optuna.get_all_study_names(storage):
@@ -142,6 +154,13 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
     with warnings.catch_warnings():  # experimental in Optuna, and what the dashboard reads
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([METRIC_NAME])
+    if config.transfer:
+        known = [*shipped_models(), *study_nets(storage, exclude=name)]
+        queued = queue_known_nets(
+            study, known, config.budget, config.mac_cap, config.activation_cap
+        )
+        for origin in queued:
+            print(f"transfer: queued {origin}", flush=True)
     if config.warm_start:
         for zoo_name, spec in ZOO.items():
             if analyse(spec).params <= config.budget:
@@ -304,6 +323,8 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
             finished = finished_count(study)
             if finished >= config.trials:
                 return
+            if config.confirms_answers and likely_answers(study, config.target):
+                return  # run_search confirms it with every worker's cores
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             if finished + running >= config.trials:
                 if waiting_since is None:
@@ -314,6 +335,14 @@ def run_worker(config: SearchConfig, worker: int = 0, parent_pid: int | None = N
                 time.sleep(WAIT_POLL_S)
                 continue
             waiting_since, noticed = None, False
+            if config.pruner == "rungs":
+                climbing = take_up_promotion(study, QUEUED_ATTRS)
+                if climbing is not None:
+                    print(
+                        f"trial {climbing.number} ranks in its rung's top third now: "
+                        "taken up again from the next rung",
+                        flush=True,
+                    )
             objective.trial_number = None
             try:
                 with stop_signals_held():
@@ -345,7 +374,7 @@ def _requeue_out_of_time(study: optuna.Study, number: int) -> None:
     """Queue the candidate of a trial that --timeout stopped, so a resume finishes it."""
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason", "").startswith(
-        "--timeout"
+        ("--timeout", "paused")
     ):
         _queue_again(study, trial)
 
@@ -393,7 +422,9 @@ def _queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs={key: trial.user_attrs[key] for key in ("zoo",) if key in trial.user_attrs},
+            user_attrs={
+                key: trial.user_attrs[key] for key in QUEUED_ATTRS if key in trial.user_attrs
+            },
             system_attrs=system_attrs,
         )
     )
@@ -433,6 +464,11 @@ def run_search(config: SearchConfig) -> optuna.Study:
     half-made study behind. Extra workers are spawned processes (CUDA and many BLAS
     builds do not survive fork). Ctrl-C, which a terminal sends to all of them, stops
     each at its running trial; a SIGINT sent to this process alone is passed on to them.
+
+    With ``config.stop_when_answered`` the search stops as soon as a confirmed net clears
+    the target: a trial likely to clear it (``LIKELY_MARGIN``) pauses the workers, is
+    confirmed with all their cores, and the search goes on only if it falls short. The
+    first confirmation that clears ends it.
     """
     config.check()
     device = check_device(config.device)
@@ -454,9 +490,36 @@ def run_search(config: SearchConfig) -> optuna.Study:
         )
         print(estimate.line(), flush=True)
         config = dataclasses.replace(config, estimated_trial_seconds=estimate.trial_seconds)
+    while True:
+        _run_workers(config)
+        if not config.confirms_answers or not likely_answers(study, config.target):
+            return study
+        confirm_study(
+            study,
+            config.artifacts,
+            # The trials ranked above a likely one are likely too, or confirmed already.
+            top_k=len(likely_answers(study, config.target)) + len(confirmations(study)),
+            seeds=config.confirm_seeds,
+            data_dir=config.data_dir,
+            device=device,
+            progress=config.progress_bars,
+            deadline=config.deadline(),
+            precision=config.precision,
+            workers=config.workers,
+            margin=LIKELY_MARGIN,
+        )
+        if selected(study) or finished_count(study) >= config.trials:
+            return study
+        if likely_answers(study, config.target):  # skipped: no time left to confirm it
+            return study
+        print("no confirmation cleared the target; the search goes on", flush=True)
+
+
+def _run_workers(config: SearchConfig) -> None:
+    """Run ``config.workers`` workers on the study until each of them stops."""
     if config.workers == 1:
         run_worker(config)
-        return study
+        return
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(
@@ -486,7 +549,6 @@ def run_search(config: SearchConfig) -> optuna.Study:
                 f"{child.name} exited with code {child.exitcode}; the other workers carried on",
                 file=sys.stderr,
             )
-    return study
 
 
 def _worker_process(config: SearchConfig, worker: int, parent_pid: int, verbosity: int) -> None:

@@ -53,6 +53,11 @@ MIN_FILL = 0.5  # the smallest share of the budget a candidate is scaled to
 # at 8k (ref7676: 1.14 M), 0.64 M at 4k (the 3,762-param plain net: 0.62 M) and 3.2 M
 # at 20k (ref13010: 2.36 M). Above it, candidates train slowly on a CPU for no gain.
 MACS_PER_PARAM = 160
+# ... but never below the 8k cap: the best 8k nets (results/search_8000_60min.db) use
+# 1.04-1.19 M MACs, at 0.8-0.93 of it, and that compute trains 15 epochs in minutes at
+# any budget. Per parameter alone, the cap shrank them below 7.4k parameters of budget,
+# and at a budget between 4k and 8k every trained candidate sat at the cap.
+MIN_MAX_MACS = MACS_PER_PARAM * 8000
 # Default cap on activations per image (``space.Analysis.activations``), which set a
 # small net's time per epoch on a CPU more than its MACs did under the plain training
 # step (docs/evidence.md, "What an epoch costs"; under the fast step the MACs rank it
@@ -66,8 +71,9 @@ ACTIVATIONS_PER_PARAM = 3
 
 
 def default_max_macs(budget: int) -> int:
-    """The compute cap a search uses unless told otherwise: MACS_PER_PARAM x budget."""
-    return MACS_PER_PARAM * budget
+    """The compute cap a search uses unless told otherwise: MACS_PER_PARAM x budget, at
+    least MIN_MAX_MACS."""
+    return max(MIN_MAX_MACS, MACS_PER_PARAM * budget)
 
 
 def default_max_activations(budget: int) -> int:

@@ -13,9 +13,21 @@ from real_mnist import DATA, needs_data
 from search.engine.data import search_data
 from search.study.config import SearchConfig
 from search.study.confirm import confirmations, selected
-from search.study.objective import Objective
-from search.study.promotion import RESUMES, RungPromotion, ranks_in_top, take_up_promotion
-from search.study.run import QUEUED_ATTRS, create_or_resume, finished_count, run_search
+from search.study.objective import Objective, OutOfTime
+from search.study.promotion import (
+    RESUMES,
+    STOPPED_AT_RUNG,
+    RungPromotion,
+    ranks_in_top,
+    take_up_promotion,
+)
+from search.study.run import (
+    QUEUED_ATTRS,
+    _requeue_out_of_time,
+    create_or_resume,
+    finished_count,
+    run_search,
+)
 from search.study.sampler import default_max_activations, default_max_macs
 from search.study.transfer import queue_known_nets, rescaled, shipped_models, study_nets
 from space import analyse, normalise
@@ -97,7 +109,7 @@ def rung_trial(value: float, state=TrialState.PRUNED, **attrs) -> optuna.trial.F
         intermediate_values={1: value},
         params={"x": value},
         distributions={"x": optuna.distributions.FloatDistribution(0, 100)},
-        user_attrs={"stopped_at_rung": 1, **attrs},
+        user_attrs={STOPPED_AT_RUNG: 1, **attrs},
     )
 
 
@@ -181,3 +193,21 @@ def test_a_new_study_with_transfer_trains_the_known_nets_first(tmp_path):
     assert first.user_attrs["origin"] == "shipped model mnist_8000p_15e, as it is (4,659 params)"
     assert list(first.user_attrs["curves"]) == ["full"]  # straight to the epoch cap
     assert study.user_attrs["settings"]["transfer"] is True
+
+
+@needs_data
+def test_a_trial_pauses_before_its_next_rung_while_another_is_likely_to_answer(tmp_path):
+    config = tiny_config(tmp_path, trials=5, confirm_seeds=1, stop_when_answered=True)
+    study = create_or_resume(config)
+    study.pruner = optuna.pruners.NopPruner()  # it would climb: only the pause stops it
+    study.add_trial(create_trial(value=99.35))  # within 0.1 points of the 99.4% target
+    fit, validation = search_data(DATA, "cpu", 200, 0, 300)
+    objective = Objective(config, fit, validation, torch.device("cpu"))
+    study.optimize(objective, n_trials=1, catch=(OutOfTime,))
+    paused = study.trials[-1]
+    assert paused.state == TrialState.FAIL
+    assert paused.user_attrs["fail_reason"] == "paused: trial 0 is likely to clear the target"
+    assert list(paused.user_attrs["curves"]) == ["1-epoch rung"]  # it stopped between rungs
+    _requeue_out_of_time(study, paused.number)  # and runs first when the search goes on
+    assert study.trials[-1].state == TrialState.WAITING
+    assert study.trials[-1].system_attrs["failed_trial"] == paused.number

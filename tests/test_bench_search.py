@@ -7,6 +7,7 @@ import optuna
 from real_mnist import DATA, needs_data
 
 from search.bench.arms import ARMS, STARTED, run_bench_search
+from search.bench.verdict import run_rows, time_to
 from search.study.storage import open_storage
 
 
@@ -29,3 +30,18 @@ def test_both_arms_run_into_one_storage_and_the_figure_is_written(tmp_path, capf
     assert "first >= 10" in printed
     for arm in ARMS:  # the arms' interleaved progress lines say whose they are
         assert re.search(rf"^\[{arm}\] +trial +0", printed, re.MULTILINE)
+
+    # The verdict reads the same run back: one row per arm, its times within the run's.
+    rows = {row["arm"]: row for row in run_rows(tmp_path, minutes=0.3, target=10)}
+    assert set(rows) == set(ARMS)
+    for arm, row in rows.items():
+        assert row["best"] == summaries[arm]["best"]
+        reached = row["to_baseline_best"]
+        assert reached is None or 0 <= reached <= summaries[arm]["seconds"][-1]
+
+
+def test_time_to_is_the_first_time_the_best_so_far_reaches_it():
+    summary = {"seconds": [10.0, 20.0, 30.0], "best_so_far": [98.0, 99.1, 99.3]}
+    assert time_to(summary, 99.0) == 20.0
+    assert time_to(summary, 99.3) == 30.0
+    assert time_to(summary, 99.4) is None

@@ -46,7 +46,7 @@ from search.engine.train import (
 from search.study.config import CONSTRAINTS, FINISHED, SearchConfig
 from search.study.confirm import confirmation_seconds_from, likely_answers, reserve_seconds
 from search.study.plan import Rung, rungs_for
-from search.study.promotion import RESUMES
+from search.study.promotion import RESUMES, STOPPED_AT_RUNG
 from search.study.sampler import sample_architecture, search_recipe
 from search.study.signals import raise_if_stopped, stop_reason, stop_signals_let_through
 from search.study.storage import artifact_store
@@ -234,12 +234,12 @@ class Objective:
             if previous is None:
                 self.slowest_first_rung = max(self.slowest_first_rung, result.seconds)
             previous = (result.seconds, cost)
-            trial.set_user_attr("stopped_at_rung", rung.step)  # until it climbs past it
             _report(
                 trial,
                 result.accuracy,
                 rung.step,
                 f"not promoted past {rung.name} at {result.accuracy:.2f}% (yet)",
+                rung=True,
             )
         raise AssertionError("the plan ends with the full rung")
 
@@ -312,12 +312,17 @@ class Objective:
         trial.set_user_attr("weights", artifact_id)
 
 
-def _report(trial: optuna.Trial, accuracy: float, step: int, reason: str) -> None:
+def _report(
+    trial: optuna.Trial, accuracy: float, step: int, reason: str, *, rung: bool = False
+) -> None:
     """Report ``accuracy`` as ``step`` and stop the trial, with ``reason``, if the pruner
-    says so."""
+    says so. A trial stopped at a ``rung`` records it: it may be taken up again there
+    (``search.study.promotion``)."""
     trial.report(accuracy, step)
     if trial.should_prune():
         trial.set_user_attr("pruned_reason", reason)
+        if rung:
+            trial.set_user_attr(STOPPED_AT_RUNG, step)
         raise optuna.TrialPruned()
 
 

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.study.plan import PROMOTE_ONE_IN
 
 RESUMES = "resumes"  # user attribute of a taken-up trial: the number of the one it continues
+STOPPED_AT_RUNG = "stopped_at_rung"  # user attribute of a trial stopped at a rung: its step
 
 
 def rung_values(study: optuna.Study, step: int) -> dict[int, float]:
@@ -75,7 +76,7 @@ def take_up_promotion(study: optuna.Study, carried: tuple[str, ...] = ()) -> Fro
         and t.intermediate_values
         and t.number not in taken
         and RESUMES not in t.user_attrs
-        and "stopped_at_rung" in t.user_attrs
+        and STOPPED_AT_RUNG in t.user_attrs
     ]
     stopped.sort(key=lambda t: -t.intermediate_values[t.last_step])
     for trial in stopped:

@@ -97,8 +97,9 @@ def confirmations(study: optuna.Study) -> dict[int, Confirmation]:
     return {int(number): Confirmation(**record) for number, record in stored.items()}
 
 
-def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The k completed trials with the best validation accuracy (fewer parameters first on ties)."""
+def top_trials(study: optuna.Study, k: int | None = None) -> list[FrozenTrial]:
+    """The k completed trials (None: all) with the best validation accuracy, best first
+    (fewer parameters first on ties)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     complete.sort(key=lambda t: (-t.value, t.user_attrs.get("params", 0), t.number))
     return complete[:k]
@@ -146,11 +147,11 @@ def likely_answers(study: optuna.Study, target: float) -> list[FrozenTrial]:
     clear ``target`` (``LIKELY_MARGIN``), best first: what a search that stops when
     answered confirms before it trains anything more."""
     done = confirmations(study)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    likely = [
-        t for t in complete if t.number not in done and within_reach(t, target, LIKELY_MARGIN)
+    return [
+        t
+        for t in top_trials(study)
+        if t.number not in done and within_reach(t, target, LIKELY_MARGIN)
     ]
-    return sorted(likely, key=lambda t: (-t.value, t.user_attrs.get("params", 0), t.number))
 
 
 def confirm_study(

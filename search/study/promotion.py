@@ -46,6 +46,14 @@ def ranks_in_top(value: float, others: list[float]) -> bool:
     return count >= PROMOTE_ONE_IN and better < count // PROMOTE_ONE_IN
 
 
+def climbs(study: optuna.Study, number: int, step: int, value: float) -> bool:
+    """Whether candidate ``number``'s ``value`` at rung ``step`` ranks in the rung's top
+    third now, against every other candidate's result there."""
+    values = rung_values(study, step)
+    values.pop(number, None)
+    return ranks_in_top(value, list(values.values()))
+
+
 class RungPromotion(optuna.pruners.BasePruner):
     """Stops a trial at a rung unless it ranks in the rung's top third (see the module)."""
 
@@ -54,9 +62,7 @@ class RungPromotion(optuna.pruners.BasePruner):
         if step is None:
             return False
         number = trial.user_attrs.get(RESUMES, trial.number)
-        values = rung_values(study, step)
-        values.pop(number, None)
-        return not ranks_in_top(trial.intermediate_values[step], list(values.values()))
+        return not climbs(study, number, step, trial.intermediate_values[step])
 
 
 def take_up_promotion(study: optuna.Study, carried: tuple[str, ...] = ()) -> FrozenTrial | None:
@@ -81,9 +87,7 @@ def take_up_promotion(study: optuna.Study, carried: tuple[str, ...] = ()) -> Fro
     stopped.sort(key=lambda t: -t.intermediate_values[t.last_step])
     for trial in stopped:
         step = trial.last_step
-        values = rung_values(study, step)
-        values.pop(trial.number, None)
-        if ranks_in_top(trial.intermediate_values[step], list(values.values())):
+        if climbs(study, trial.number, step, trial.intermediate_values[step]):
             attrs = {key: trial.user_attrs[key] for key in carried if key in trial.user_attrs}
             study.enqueue_trial(trial.params, user_attrs={**attrs, RESUMES: trial.number})
             return trial

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from search.engine.batchnorm import WideBatchNorm2d
 from search.engine.data import Split
-from search.engine.dropout import MAX_RATE, SparseDropout, dropped_positions, sparse_dropout
-from search.engine.train import Recipe, train
+from search.engine.dropout import MAX_RATE, SparseDropout, dropped_positions
+from search.engine.train import Recipe, fast_layers, train
 from space import ZOO, build
 
 
@@ -74,17 +75,56 @@ def test_sparse_dropout_is_the_identity_in_eval_mode_and_nn_dropout_above_its_ra
     assert torch.equal(SparseDropout(MAX_RATE + 0.1).train()(x), expected)
 
 
-def test_sparse_dropout_swaps_only_plain_dropout_and_puts_it_back() -> None:
+def test_fast_layers_change_only_plain_dropout_and_batchnorm_and_put_them_back() -> None:
     class Custom(nn.Dropout):
         pass
 
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout(0.05), Custom(0.05), nn.Dropout2d(0.1))
-    before = list(model)
-    with sparse_dropout(model) as swapped:
-        assert swapped == 1
-        assert type(model[1]) is SparseDropout and model[1].p == 0.05
-        assert model[2] is before[2] and model[3] is before[3]
-    assert list(model) == before
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Dropout(0.05), Custom(0.05), nn.Dropout2d(0.1)
+    )
+    before = [(module, type(module)) for module in model]
+    with fast_layers(model) as changed:
+        assert changed == 2
+        assert [type(m) for m in model][1:3] == [WideBatchNorm2d, SparseDropout]
+        assert model[2].p == 0.05 and type(model[3]) is Custom
+        assert [m for m in model] == [m for m, _ in before]  # the same modules, weights and all
+    assert [(m, type(m)) for m in model] == before
+
+
+@pytest.mark.parametrize("shape, offset", [((32, 6, 9, 9), 0.0), ((16, 4, 12, 10), 5.0)])
+def test_wide_batchnorm_computes_what_batchnorm_computes(shape, offset) -> None:
+    """Outputs, the three gradients and the running statistics of two training steps, against
+    nn.BatchNorm2d in float64; the offset makes the variance a small difference of sums."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * 0.5 + offset
+    grad = torch.randn(shape, generator=g)
+    results = []
+    for kind, dtype in ((nn.BatchNorm2d, torch.float64), (WideBatchNorm2d, torch.float32)):
+        bn = kind(shape[1], momentum=0.3).to(dtype)
+        with torch.no_grad():
+            bn.weight.copy_(torch.linspace(0.5, 1.5, shape[1]))
+            bn.bias.copy_(torch.linspace(-0.2, 0.3, shape[1]))
+        for _ in range(2):
+            xs = x.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+            out = bn(xs)
+            out.backward(grad.to(dtype).contiguous(memory_format=torch.channels_last))
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        results.append(
+            [out, xs.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var]
+        )
+    reference, wide = results
+    for a, b in zip(wide, reference, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    assert bn.num_batches_tracked == 2
+
+
+def test_wide_batchnorm_leaves_evaluation_and_nchw_to_batchnorm() -> None:
+    bn = WideBatchNorm2d(3)
+    x = torch.randn(8, 3, 5, 5)
+    torch.testing.assert_close(bn.eval()(x), nn.BatchNorm2d(3).eval()(x))
+    plain = nn.BatchNorm2d(3).train()
+    torch.testing.assert_close(bn.train()(x), plain(x))  # NCHW: the native kernel
+    torch.testing.assert_close(bn.running_var, plain.running_var)
 
 
 def shipped_like_spec(dropout: float) -> dict:

@@ -15,9 +15,6 @@ which is the identity in eval mode.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -74,27 +71,6 @@ class SparseDropout(nn.Dropout):
         if x.device.type != "cpu" or self.p > MAX_RATE or self.inplace:
             return super().forward(x)
         return _SparseDropout.apply(x, self.p)
-
-
-@contextlib.contextmanager
-def sparse_dropout(model: nn.Module) -> Iterator[int]:
-    """Swap every ``nn.Dropout`` of ``model`` for a ``SparseDropout`` while the block runs.
-
-    Yields how many were swapped; the originals are back in place afterwards, so a model
-    handed to the engine (a user's own, say) leaves it as it came.
-    """
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if type(child) is nn.Dropout:  # subclasses may mean something else
-                swapped.append((parent, name, child))
-    try:
-        for parent, name, child in swapped:
-            setattr(parent, name, SparseDropout(child.p))
-        yield len(swapped)
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
 
 
 def _is_dense(x: torch.Tensor) -> bool:

@@ -1,13 +1,15 @@
 """The search benchmark: budgetnas's default search against the conventional one, same clock.
 
-Arm "budgetnas" is ``budgetnas search`` as shipped: the rungs of ``search.study.plan`` under
-successive halving. Arm "conventional" is what users write from Optuna's PyTorch
+Arm "budgetnas" is ``budgetnas search`` from scratch: the rungs of ``search.study.plan``
+under ASHA's promotion. Arm "conventional" is what users write from Optuna's PyTorch
 example: TPE with a median pruner, one full-length training per trial with the same
 recipe, validation accuracy reported every epoch. Both sample the same space under the
-same budget and compute cap from scratch (no warm start), so the difference is the
-search plan alone. They run at the same time, one core each on a CPU (or sharing one
-GPU), for the same wall-clock time, each into its own study of one SQLite file that the
-dashboard opens.
+same budget and compute cap from scratch (no transfer, no warm start), so the difference
+is the search plan alone. Arm "transfer" is ``budgetnas search`` as shipped: the
+budgetnas arm that first trains the nets earlier searches found (``search.study.transfer``;
+in the benchmark's fresh storage, the shipped models). Two arms run at a time by default,
+one core each on a CPU (or sharing one GPU), for the same wall-clock time, each into its
+own study of one SQLite file that the dashboard opens.
 
 The result is a plotly HTML page of the best full-cap validation accuracy against wall
 time for both arms, and for each arm the time to its first candidate at or above the
@@ -33,7 +35,13 @@ from search.study.run import clock, create_or_resume, run_search
 from search.study.signals import Terminated, handle_stop_signals
 from search.study.storage import open_storage
 
-ARMS = {"budgetnas": "rungs", "conventional": "median"}
+# Each arm's pruner, and whether it first trains the nets earlier searches found.
+ARMS = {
+    "budgetnas": ("rungs", False),
+    "conventional": ("median", False),
+    "transfer": ("rungs", True),
+}
+DEFAULT_ARMS = ("budgetnas", "conventional")
 STARTED = "bench_started"  # study user attribute: time.time() when its arm started
 
 
@@ -83,13 +91,19 @@ def run_bench_search(
     device: str = "auto",
     seed: int = 0,
     train_subset: int | None = None,
+    arms: tuple[str, ...] | list[str] = DEFAULT_ARMS,
     out: TextIO | None = None,
 ) -> dict[str, dict]:
-    """Run both arms side by side for ``minutes`` and write ``out_dir``/bench_search.db,
+    """Run ``arms`` side by side for ``minutes`` and write ``out_dir``/bench_search.db,
     .html and the arms' logs; returns each arm's summary (see ``summarise``)."""
     folder = Path(out_dir)
     if not folder.is_dir():
         raise UsageError(f"--out {folder} is not a folder; create it or pass another")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown or not arms or len(set(arms)) < len(arms):
+        raise UsageError(
+            f"--arms takes distinct names from {', '.join(ARMS)} (got {', '.join(arms) or 'none'})"
+        )
     storage = f"sqlite:///{folder / 'bench_search.db'}"
     configs = {
         arm: SearchConfig(
@@ -105,9 +119,10 @@ def run_bench_search(
             seed=seed,
             timeout=minutes * 60,
             train_subset=train_subset,
-            pruner=pruner,
+            pruner=ARMS[arm][0],
+            transfer=ARMS[arm][1],
         )
-        for arm, pruner in ARMS.items()
+        for arm in arms
     }
     for config in configs.values():
         config.check()

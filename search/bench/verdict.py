@@ -41,6 +41,8 @@ def run_rows(folder: Path, minutes: float, target: float) -> list[dict]:
             summaries[arm] = summarise(
                 optuna.load_study(study_name=name, storage=storage), target, minutes * 60
             )
+    if BASELINE not in summaries:
+        raise SystemExit(f"{folder}: no {BASELINE} arm, whose final best the others are timed to")
     baseline = summaries[BASELINE]["best"]
     return [
         {
@@ -90,6 +92,8 @@ def main(folders: list[str], minutes: float = 30, target: float = 99.4) -> None:
     print("---|---:|---|---|---")
     for arm in ARMS:
         mine = [row for row in rows if row["arm"] == arm]
+        if not mine:
+            continue
         bests = [row["best"] for row in mine]
         print(
             f"{arm} | {len(mine)} | {statistics.median(bests):.2f} ({min(bests):.2f}-{max(bests):.2f}) | "

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from search.bench.arms import run_bench_search
+from search.bench.arms import ARMS, DEFAULT_ARMS, run_bench_search
 from search.bench.fidelity import print_family_table, print_fidelity_table, run_fidelity_study
 from search.bench.speed import DEFAULT_MODELS, DEFAULT_STEPS, benchmark
 from search.bench.step import DEFAULT_THREADS, step_benchmark
@@ -100,6 +100,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=0,
         help="seed of the split, the samplers and the trainings, the same for both arms "
         "(default: 0)",
+    )
+    race.add_argument(
+        "--arms",
+        default=",".join(DEFAULT_ARMS),
+        help=f"comma-separated arms to run side by side, from {', '.join(ARMS)}: "
+        "transfer is the search as shipped, budgetnas the same from scratch "
+        "(default: %(default)s)",
     )
     _add_data(race)
     race.set_defaults(run=cmd_bench_search)
@@ -218,5 +225,6 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         train_subset=args.train_subset,
+        arms=tuple(args.arms.split(",")),
     )
     return 0

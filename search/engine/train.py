@@ -45,7 +45,7 @@ SCHEDULES = ("onecycle", "step")
 CUDA_CHECK_EVERY = 25  # steps between loss checks on CUDA, where each check is a host sync
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what training autocasts to (evaluation: fp32)
 # Which step trained a trial, as recorded with it: a study's measured pace is a fair cost
-# estimate only for trials of the same step (the fast one is 1.4-1.9x quicker per epoch).
+# estimate only for trials of the same step (the fast one is 1.3-1.9x quicker per epoch).
 STEP = "fast"
 # glibc's mallopt: blocks up to 32 MiB (its maximum) come from the heap, not from mmap, and up
 # to 1 GiB of freed heap stays with the process, so one step's activations reuse the last's.

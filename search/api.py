@@ -133,7 +133,8 @@ def search(
 
     ``train_subset`` trains on that many images for a quick look (the confirmation uses
     the same number); ``transfer`` first tries, in a new study, the shipped models and
-    the winners of the other studies in ``storage``, rescaled to ``budget``;
+    the winners of the other studies in ``storage``, rescaled to ``budget``, and weights
+    the first draws' choices by how they ranked in those studies;
     ``warm_start`` first tries the reference networks that fit the
     budget; ``max_macs`` and ``max_activations`` cap a candidate's compute and time per
     epoch (defaults grow with the budget); ``progress`` shows per-epoch bars (with

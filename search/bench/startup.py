@@ -1,0 +1,126 @@
+"""Do the choices that ranked well in some searches rank well in another? The check behind
+transfer's weighted start-up draws (``search.study.transfer.queue_startup_draws``).
+
+Each study of the storages given is held out in turn: the choice weights come from the
+studies of the other storages (the arms of one benchmark run share a storage and a seed), as a new search would take them from the earlier studies of its storage,
+and each of the held-out study's sampled candidates gets the log-probability that the
+weighted draw gives its choices. Spearman's rho of that against the candidate's
+validation accuracy, at the 1-epoch rung (studies with the rungs pruner: every screened
+candidate) and at the epoch cap, says whether the weights point where the held-out
+study's good nets were. Reading only: nothing is trained.
+
+    python -m search.bench.startup sqlite:///results/search_8000.db ...
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.results.tables import spearman
+from search.study.storage import open_storage
+from search.study.transfer import (
+    choice_weights,
+    discrete_choices,
+    earlier_studies,
+    sampled_to_the_cap,
+)
+
+MIN_RANKED = 4  # candidates below which a rank correlation says nothing
+ANY_BUDGET = 8000  # the space's choices do not depend on the budget
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One held-out study: how well the others' weights rank its candidates (None: too few)."""
+
+    storage: str
+    study: str
+    screened: int
+    rho_first_rung: float | None
+    full: int
+    rho_full: float | None
+
+
+def draw_log_probability(weights: dict[str, dict], params: dict) -> float:
+    """Log-probability that the weighted start-up draw picks these choices."""
+    return sum(
+        math.log(odds[params[name]] / sum(odds.values()))
+        for name, odds in weights.items()
+        if params.get(name) in odds
+    )
+
+
+def rank_correlation(
+    weights: dict[str, dict], trials: list[FrozenTrial], accuracies: list[float]
+) -> float | None:
+    """Spearman's rho of the trials' draw log-probabilities against their accuracies."""
+    if len(trials) < MIN_RANKED or not weights:
+        return None
+    return spearman([draw_log_probability(weights, trial.params) for trial in trials], accuracies)
+
+
+def held_out(urls: list[str]) -> list[HeldOut]:
+    """Each study of ``urls`` ranked by the weights of the studies in the other storages:
+    the arms of one benchmark run share a storage and a seed, and so their first draws."""
+    studies = [
+        (url, study) for url in urls for study in earlier_studies(open_storage(url), exclude="")
+    ]
+    choices = discrete_choices(ANY_BUDGET)
+    rows = []
+    for url, study in studies:
+        others = [other for other_url, other in studies if other_url != url]
+        weights = choice_weights([s for s in others if sampled_to_the_cap(s)], choices)
+        full = sampled_to_the_cap(study)
+        rungs = study.user_attrs["settings"].get("pruner") == "rungs"
+        screened = [
+            trial
+            for trial in study.get_trials(deepcopy=False)
+            if rungs
+            and trial.params
+            and 1 in trial.intermediate_values
+            and trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        ]
+
+        rows.append(
+            HeldOut(
+                url,
+                study.study_name,
+                len(screened),
+                rank_correlation(weights, screened, [t.intermediate_values[1] for t in screened]),
+                len(full),
+                rank_correlation(weights, full, [trial.value for trial in full]),
+            )
+        )
+    return rows
+
+
+def print_held_out(rows: list[HeldOut]) -> None:
+    print(
+        "storage | study | screened | rho at the 1-epoch rung | trained to the cap | rho at the cap"
+    )
+    print("---|---|---:|---:|---:|---:")
+    for row in rows:
+        first = "-" if row.rho_first_rung is None else f"{row.rho_first_rung:+.2f}"
+        full = "-" if row.rho_full is None else f"{row.rho_full:+.2f}"
+        print(f"{row.storage} | {row.study} | {row.screened} | {first} | {row.full} | {full}")
+    for label, values in (
+        ("1-epoch rung", [r.rho_first_rung for r in rows if r.rho_first_rung is not None]),
+        ("epoch cap", [r.rho_full for r in rows if r.rho_full is not None]),
+    ):
+        if values:
+            print(
+                f"\n{label}: rho over {len(values)} held-out studies, median "
+                f"{statistics.median(values):+.2f} ({min(values):+.2f} to {max(values):+.2f}),"
+                f" positive in {sum(v > 0 for v in values)}"
+            )
+
+
+if __name__ == "__main__":
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print_held_out(held_out(sys.argv[1:]))

@@ -151,19 +151,21 @@ def queue_known_nets(
     max_activations: int,
     count: int = TRANSFERRED,
 ) -> list[str]:
-    """Queue up to ``count`` distinct rescaled nets of ``known`` as the study's first
-    trials, those found at the nearest budget first (then the best confirmed); returns
-    their origins. Nets found at a budget close to this one need the least rescaling,
-    and rescaling is what they were not tested under."""
+    """Queue up to ``count`` rescaled nets of ``known``, each of its own shape, as the
+    study's first trials, those found at the nearest budget first (then the best
+    confirmed); returns their origins. Nets found at a budget close to this one need the
+    least rescaling, and rescaling is what they were not tested under. A net that is
+    another one rescaled (a search's transfer winner, say) would be rescaled to nearly the
+    same net again: only the first of a shape is queued."""
     ranked = sorted(
         known,
         key=lambda net: (abs(math.log(net.budget / budget)), -(net.test_mean or 0.0)),
     )
     queued: list[str] = []
-    seen: list[Spec] = []
+    shapes: list[Spec] = []
     for net in ranked:
         spec = rescaled(net, budget, max_macs, max_activations)
-        if spec is None or spec in seen:
+        if spec is None or shape(spec) in shapes:
             continue
         params = analyse(spec).params
         origin = f"rescaled from {net.origin} ({net.params:,} -> {params:,} params)"
@@ -171,10 +173,18 @@ def queue_known_nets(
             origin = f"{net.origin}, as it is ({params:,} params)"
         study.enqueue_trial({}, user_attrs={"given_spec": spec, "origin": origin})
         queued.append(origin)
-        seen.append(spec)
+        shapes.append(shape(spec))
         if len(queued) == count:
             break
     return queued
+
+
+def shape(spec: Spec) -> Spec:
+    """``spec`` without its widths: what rescaling keeps."""
+    blocks = [
+        {k: v for k, v in block.items() if k not in ("in", "out")} for block in spec["blocks"]
+    ]
+    return {"blocks": blocks, "head": {k: v for k, v in spec["head"].items() if k != "in"}}
 
 
 def discrete_choices(budget: int) -> dict[str, list]:

@@ -72,10 +72,13 @@ def held_out(urls: list[str]) -> list[HeldOut]:
         (url, study) for url in urls for study in earlier_studies(open_storage(url), exclude="")
     ]
     choices = discrete_choices(ANY_BUDGET)
+    weights_without = {  # one set of weights per held-out storage, shared by its studies
+        url: choice_weights([other for other_url, other in studies if other_url != url], choices)
+        for url in urls
+    }
     rows = []
     for url, study in studies:
-        others = [other for other_url, other in studies if other_url != url]
-        weights = choice_weights([s for s in others if sampled_to_the_cap(s)], choices)
+        weights = weights_without[url]
         full = sampled_to_the_cap(study)
         rungs = study.user_attrs["settings"].get("pruner") == "rungs"
         screened = [

@@ -28,16 +28,8 @@ from search.study.run import (
     finished_count,
     run_search,
 )
-from search.study.sampler import default_max_activations, default_max_macs, sample_architecture
-from search.study.transfer import (
-    choice_weights,
-    discrete_choices,
-    queue_known_nets,
-    queue_startup_draws,
-    rescaled,
-    shipped_models,
-    study_nets,
-)
+from search.study.sampler import default_max_activations, default_max_macs
+from search.study.transfer import queue_known_nets, rescaled, shipped_models, study_nets
 from space import analyse, normalise
 
 SHIPPED = {
@@ -107,52 +99,6 @@ def test_a_study_transfers_its_selected_net_not_itself():
     [known] = study_nets(storage, exclude="this one")
     assert known.origin == "study 'earlier' trial 0"  # the selected one, not the best val
     assert known.test_mean == pytest.approx(99.4233, abs=1e-3)
-
-
-def earlier_study(storage, families: list[str]) -> optuna.Study:
-    """A finished search whose candidates, best first, had these families."""
-    study = optuna.create_study(study_name="earlier", storage=storage, direction="maximize")
-    study.set_user_attr("settings", {"budget": 4000})
-    kinds = optuna.distributions.CategoricalDistribution(["plain", "separable"])
-    for rank, family in enumerate(families):
-        study.add_trial(
-            create_trial(
-                value=99.5 - rank / 10, params={"family": family}, distributions={"family": kinds}
-            )
-        )
-    study.enqueue_trial({}, user_attrs={"given_spec": {}})  # queued: no choices, no evidence
-    return study
-
-
-def test_the_start_up_weighs_each_choice_by_how_it_ranked_in_earlier_studies():
-    storage = optuna.storages.InMemoryStorage()
-    earlier = earlier_study(storage, ["separable", "separable", "plain", "plain", "plain", "plain"])
-    weights = choice_weights([earlier], discrete_choices(8000))
-    assert weights["family"] == {"separable": 3 / 4, "plain": 1 / 6}  # the best third: 2 of 6
-    assert set(weights["head"].values()) == {1 / 2}  # never recorded: no evidence either way
-
-    study = optuna.create_study(study_name="new", storage=storage, direction="maximize")
-    assert queue_startup_draws(study, storage, 8000, count=7, seed=0) == (7, 1)
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 7
-    assert {t.user_attrs["origin"] for t in waiting} == {
-        "sampled, its choices weighted by earlier studies (1)"
-    }
-    # Each queued trial fixes every discrete choice; the sampler fills in the rest.
-    trial = study.ask()
-    fixed = waiting[0].system_attrs["fixed_params"]
-    assert set(fixed) == set(discrete_choices(8000))
-    sample_architecture(trial, 8000)
-    assert {name: trial.params[name] for name in fixed} == fixed
-    assert 0.5 <= trial.params["fill"] <= 1.0
-
-
-def test_no_start_up_draws_without_evidence():
-    storage = optuna.storages.InMemoryStorage()
-    earlier_study(storage, [])
-    study = optuna.create_study(study_name="new", storage=storage, direction="maximize")
-    assert queue_startup_draws(study, storage, 8000, count=7, seed=0) == (0, 0)
-    assert study.get_trials() == []
 
 
 def test_asha_waits_for_three_results_and_promotes_the_top_third():

@@ -98,8 +98,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--no-transfer",
         action="store_true",
         help="start from scratch: do not first try the shipped models and the other studies' "
-        "winners, rescaled to --budget, nor weight the first draws by those studies' choices "
-        "(default: do both, in a new study)",
+        "winners, rescaled to --budget (default: try them first, in a new study)",
     )
     search.add_argument(
         "--top-k", type=_positive_int, default=3, help="trials to confirm after the search"

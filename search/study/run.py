@@ -53,13 +53,7 @@ from search.study.signals import (
     stop_signals_held,
 )
 from search.study.storage import MAX_RETRIES, open_storage
-from search.study.transfer import (
-    STARTUP_TRIALS,
-    queue_known_nets,
-    queue_startup_draws,
-    shipped_models,
-    study_nets,
-)
+from search.study.transfer import queue_known_nets, shipped_models, study_nets
 from space import ZOO, analyse
 
 INTERRUPTED = 130  # exit code of a worker process stopped by Ctrl-C, as a shell would set
@@ -167,15 +161,6 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
         )
         for origin in queued:
             print(f"transfer: queued {origin}", flush=True)
-        draws, sources = queue_startup_draws(
-            study, storage, config.budget, STARTUP_TRIALS - len(queued), config.seed
-        )
-        if draws:
-            print(
-                f"transfer: queued {draws} start-up trials, their choices weighted by how they"
-                f" ranked in this storage's earlier studies ({sources})",
-                flush=True,
-            )
     if config.warm_start:
         for zoo_name, spec in ZOO.items():
             if analyse(spec).params <= config.budget:

@@ -16,26 +16,20 @@ from __future__ import annotations
 
 import ast
 import math
-import random
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from search.study.confirm import selected, top_trials
-from search.study.sampler import MIN_WIDTH, sample_architecture, widest_within
+from search.study.sampler import MIN_WIDTH, widest_within
 from space import Spec, SpecError, analyse, normalise
 
 # The shipped models of a source checkout (``pip install -e .``); absent from a wheel.
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 TRANSFERRED = 3  # known nets a new study queues at most: each costs a full training
-STARTUP_TRIALS = 10  # TPESampler's n_startup_trials: the trials it draws at random first
-BEST_SHARE = 1 / 3  # of a study's trials trained to the cap: where its good nets live
 
 
 @dataclass(frozen=True)
@@ -185,80 +179,6 @@ def shape(spec: Spec) -> Spec:
         {k: v for k, v in block.items() if k not in ("in", "out")} for block in spec["blocks"]
     ]
     return {"blocks": blocks, "head": {k: v for k, v in spec["head"].items() if k != "in"}}
-
-
-def discrete_choices(budget: int) -> dict[str, list]:
-    """The space's discrete choices (family, stages, depths, head...) and their values, read
-    off the distributions of one sampled trial, so that they follow the sampler."""
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    sample_architecture(trial, budget)
-    choices = {}
-    for name, distribution in trial.distributions.items():
-        if isinstance(distribution, CategoricalDistribution):
-            choices[name] = list(distribution.choices)
-        elif isinstance(distribution, IntDistribution):
-            choices[name] = list(range(distribution.low, distribution.high + 1, distribution.step))
-    return choices
-
-
-def choice_weights(
-    studies: list[optuna.Study], choices: dict[str, list]
-) -> dict[str, dict[Any, float]]:
-    """How often each value of each choice was in the best third of its study, among the
-    candidates with that value trained to the cap, counting one more good and one more poor
-    candidate for every value: an untried value weighs 1/2, one always among the best
-    tends to 1. Empty when no study trained a sampled candidate to the cap.
-
-    Ranks within a study, not accuracies, are compared: studies at other budgets and epoch
-    caps reach other accuracies, but which choices lead them is what carries over."""
-    good: Counter = Counter()
-    trained: Counter = Counter()
-    for study in studies:
-        complete = sampled_to_the_cap(study)
-        best = math.ceil(len(complete) * BEST_SHARE)
-        for rank, trial in enumerate(complete):
-            for name, value in trial.params.items():
-                if value in choices.get(name, ()):
-                    trained[name, value] += 1
-                    good[name, value] += rank < best
-    if not trained:
-        return {}
-    return {
-        name: {value: (good[name, value] + 1) / (trained[name, value] + 2) for value in values}
-        for name, values in choices.items()
-    }
-
-
-def sampled_to_the_cap(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The study's sampled candidates trained to the cap (queued ones have no choices), best first."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted((trial for trial in complete if trial.params), key=lambda trial: -trial.value)
-
-
-def queue_startup_draws(
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    budget: int,
-    count: int,
-    seed: int,
-) -> tuple[int, int]:
-    """Queue ``count`` trials whose discrete choices are drawn by ``choice_weights`` over the
-    earlier studies in ``storage``, in place of TPE's uniform start-up; the sampler draws
-    their continuous parameters (fill, growths, dropout) as it would. Returns how many were
-    queued and from how many studies (0, 0: no evidence, nothing queued)."""
-    studies = [s for s in earlier_studies(storage, study.study_name) if sampled_to_the_cap(s)]
-    weights = choice_weights(studies, discrete_choices(budget))
-    if not weights or count <= 0:
-        return 0, 0
-    draw = random.Random(f"start-up draws {seed}")
-    origin = f"sampled, its choices weighted by earlier studies ({len(studies)})"
-    for _ in range(count):
-        params = {
-            name: draw.choices(list(odds), weights=list(odds.values()))[0]
-            for name, odds in weights.items()
-        }
-        study.enqueue_trial(params, user_attrs={"origin": origin})
-    return count, len(studies)
 
 
 def _literals(path: Path, names: tuple[str, ...]) -> dict:

@@ -34,6 +34,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -194,7 +195,16 @@ def search(
         return result
     # As many side-by-side seeds as workers: what the search kept time for.
     _confirm(
-        result, top_k, seeds, artifacts, data_dir, device, progress, config.deadline(), workers
+        result,
+        top_k,
+        seeds,
+        artifacts,
+        data_dir,
+        device,
+        progress,
+        config.deadline(),
+        workers,
+        config.run_started,
     )
     return result
 
@@ -284,6 +294,7 @@ def _confirm(
     progress: bool,
     deadline: float,
     workers: int,
+    started: datetime | None = None,
 ) -> list[Confirmation]:
     results = confirm_study(
         study,
@@ -295,6 +306,7 @@ def _confirm(
         progress=progress,
         deadline=deadline,
         workers=workers,
+        started=started,
     )
     winners = selected(study)
     if winners:

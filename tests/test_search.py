@@ -5,6 +5,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -20,7 +21,14 @@ from search.results.tables import choices_table, epoch_cost_table, reached
 from search.study import estimate
 from search.study import run as run_module
 from search.study.config import SearchConfig
-from search.study.confirm import _train_seeds, confirmations, seed_rounds, selected
+from search.study.confirm import (
+    _train_seeds,
+    confirmation_seconds,
+    confirmations,
+    seed_rounds,
+    selected,
+    top_trials,
+)
 from search.study.objective import Objective, OutOfTime
 from search.study.plan import rungs_for
 from search.study.records import measured_epoch_seconds
@@ -171,16 +179,18 @@ def test_choices_table_counts_each_candidate_once_and_reads_the_first_rung():
     ]
 
 
-def timed_zoo_study(step: str | None = STEP) -> optuna.Study:
+def timed_zoo_study(step: str | None = STEP, slower: float = 1.0) -> optuna.Study:
     """The zoo's nets as trained trials that took 10-14 s per epoch on the whole fit split,
     in the order of their activations, each trained twice; a 1-epoch rung on a subset of
     the split took 99 s. ``step``: the training step recorded with them (None: none, as
-    before it was recorded)."""
+    before it was recorded); ``slower``: how many times as long every epoch took (the
+    same nets on a slower machine)."""
     study = optuna.create_study()
     by_activations = ["ref18594", "ref7676", "ref13010", "ref19354", "ref14874"]
     for seconds, name in enumerate(by_activations, start=10):
+        seconds *= slower
         curves = {
-            "1-epoch rung on 5,000 images": [{"seconds": 99.0}],
+            "1-epoch rung on 5,000 images": [{"seconds": 99.0 * slower}],
             "1-epoch rung": [{"seconds": seconds}],
             "full": [{"seconds": seconds}, {"seconds": seconds}],
         }
@@ -192,6 +202,8 @@ def timed_zoo_study(step: str | None = STEP) -> optuna.Study:
                     user_attrs={
                         "spec": ZOO[name],
                         "curves": curves,
+                        "curve": curves["full"],
+                        "fit_images": 50_000,
                         **({"step": step} if step else {}),
                     },
                     intermediate_values={1: 98.0},
@@ -242,6 +254,24 @@ def test_a_resumed_search_estimates_its_cost_from_its_own_measured_pace(monkeypa
     assert cost.epoch_seconds == 12
     assert cost.search_seconds == 12 * 15 * 10
     assert "~12 s per epoch, measured on 5 candidates of this study" in cost.line()
+
+
+def test_a_resumed_search_sizes_confirmations_at_its_own_pace():
+    """Confirming a trial of an earlier run is sized at the pace of the run resuming the
+    study (on a slower machine here) once it has measured a few candidates of its own."""
+    study = timed_zoo_study()  # the run before
+    time.sleep(0.01)
+    started = datetime.now()  # the resumed run
+    best = top_trials(study, 1)[0]
+    # Two full epochs of 50,000 images at 10 s, scaled to 60,000 images; 3 seeds at once.
+    assert confirmation_seconds(study, best, 3, None, 3, started) == pytest.approx(24.0)
+    for trial in timed_zoo_study(slower=2.5).trials:  # the same nets, 2.5x as long
+        study.add_trial(trial)
+    assert confirmation_seconds(study, best, 3, None, 3, started) == pytest.approx(60.0)
+    # Without a run (budgetnas confirm), and for a trial of this run, its own seconds.
+    assert confirmation_seconds(study, best, 3, None, 3, None) == pytest.approx(24.0)
+    again = study.trials[best.number + 10]  # the same net, trained in the resumed run
+    assert confirmation_seconds(study, again, 3, None, 3, started) == pytest.approx(60.0)
 
 
 def test_rungs_fit_the_epoch_cap_and_step_as_successive_halving_expects():

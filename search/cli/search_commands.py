@@ -256,6 +256,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             deadline=config.deadline(),
             precision=config.precision,
             workers=config.workers,
+            started=config.run_started,
         )
         return _print_selection(study, results, args.storage)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import optuna
 import torch
@@ -96,6 +97,12 @@ class SearchConfig:
             return math.inf
         started = time.time() if self.started_at is None else self.started_at
         return time.monotonic() + started + self.timeout - time.time()
+
+    @property
+    def run_started(self) -> datetime | None:
+        """When this run began, in the local time Optuna dates trials with: the trials
+        started from then on are this run's, and measure its pace."""
+        return None if self.started_at is None else datetime.fromtimestamp(self.started_at)
 
     @property
     def study_name(self) -> str:

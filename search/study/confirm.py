@@ -16,6 +16,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.engine.data import Split, confirm_data
 from search.engine.train import Recipe, TrainResult, train
 from search.errors import UsageError
+from search.study.records import pace_since
 from search.study.storage import artifact_store
 from space import build
 
@@ -106,14 +108,20 @@ def top_trials(study: optuna.Study, k: int | None = None) -> list[FrozenTrial]:
 
 
 def confirmation_seconds(
-    trial: FrozenTrial, seeds: int, train_subset: int | None, workers: int = 1
+    study: optuna.Study,
+    trial: FrozenTrial,
+    seeds: int,
+    train_subset: int | None,
+    workers: int = 1,
+    started: datetime | None = None,
 ) -> float:
-    """What confirming ``trial`` should cost: its full training's measured seconds, scaled
-    from the fit split to the confirmation's training set, once per round of ``workers``
-    seeds side by side."""
+    """What confirming ``trial`` should cost: its full training's measured seconds, at
+    the pace of the run that began at ``started`` (``pace_since``), scaled from the fit
+    split to the confirmation's training set, once per round of ``workers`` seeds side
+    by side."""
     curve = trial.user_attrs.get("curve") or []
     fit_images = trial.user_attrs.get("fit_images") or 50_000
-    seconds = sum(epoch["seconds"] for epoch in curve)
+    seconds = sum(epoch["seconds"] for epoch in curve) * pace_since(study, trial, started)
     return confirmation_seconds_from(seconds, fit_images, seeds, train_subset, workers)
 
 
@@ -127,14 +135,20 @@ def confirmation_seconds_from(
 
 
 def reserve_seconds(
-    study: optuna.Study, target: float, seeds: int, train_subset: int | None, workers: int = 1
+    study: optuna.Study,
+    target: float,
+    seeds: int,
+    train_subset: int | None,
+    workers: int = 1,
+    started: datetime | None = None,
 ) -> float:
     """Seconds to keep for confirming the study's best trial so far: what a search under
-    a time limit must leave at its end. Zero while no trial is within reach of the target."""
+    a time limit (its run begun at ``started``) must leave at its end. Zero while no
+    trial is within reach of the target."""
     best = top_trials(study, 1)
     if not seeds or not best or not within_reach(best[0], target):
         return 0.0
-    return confirmation_seconds(best[0], seeds, train_subset, workers)
+    return confirmation_seconds(study, best[0], seeds, train_subset, workers, started)
 
 
 def within_reach(trial: FrozenTrial, target: float, margin: float = REACH_MARGIN) -> bool:
@@ -168,6 +182,7 @@ def confirm_study(
     precision: str = "auto",  # autocast dtype of training (search.engine.train.autocast_dtype)
     workers: int = 1,  # seeds trained side by side (processes splitting the CPU cores)
     margin: float = REACH_MARGIN,  # how far below the target a trial is still confirmed
+    started: datetime | None = None,  # when the search run confirming began (its pace)
 ) -> list[Confirmation]:
     """Retrain the best trials with ``seeds`` seeds on the full training set and record
     their final-epoch test accuracy in the study, best validation accuracy first, until
@@ -210,7 +225,7 @@ def confirm_study(
                 flush=True,
             )
             continue
-        cost = confirmation_seconds(trial, seeds, subset, workers)
+        cost = confirmation_seconds(study, trial, seeds, subset, workers, started)
         if time.monotonic() + cost > deadline:
             print(
                 f"skipping trial {trial.number}: confirming it takes about {cost / 60:.0f} min, "

@@ -216,7 +216,9 @@ class Objective:
             if previous is not None and self.deadline < math.inf:
                 needed = previous[0] * cost / previous[1]
                 confirm = (config.confirm_seeds, config.train_subset, config.workers)
-                reserve = reserve_seconds(trial.study, config.target, *confirm)
+                reserve = reserve_seconds(
+                    trial.study, config.target, *confirm, started=config.run_started
+                )
                 if rung is rungs[-1]:
                     reserve = max(reserve, confirmation_seconds_from(needed, images, *confirm))
                 if time.monotonic() + needed + reserve > self.deadline:

@@ -385,7 +385,12 @@ def _confirmation_reserve(study: optuna.Study, config: SearchConfig) -> float:
     if config.timeout is None:
         return 0.0
     return reserve_seconds(
-        study, config.target, config.confirm_seeds, config.train_subset, config.workers
+        study,
+        config.target,
+        config.confirm_seeds,
+        config.train_subset,
+        config.workers,
+        config.run_started,
     )
 
 
@@ -507,6 +512,7 @@ def run_search(config: SearchConfig) -> optuna.Study:
             precision=config.precision,
             workers=config.workers,
             margin=LIKELY_MARGIN,
+            started=config.run_started,
         )
         if selected(study) or finished_count(study) >= config.trials:
             return study

@@ -81,7 +81,7 @@ def pace_since(
     without ``started`` (no run: ``budgetnas confirm``), or while either side has measured
     fewer than ``minimum`` candidates. What confirming a trial costs is sized from its own
     training, and a study resumed on a slower machine, or with more workers sharing it,
-    would otherwise confirm past --timeout (3x slower for the 20k search resumed on an AVX2
+    would otherwise confirm past --timeout (2.7x slower for the 20k search resumed on an AVX2
     CPU after an AVX-512 one)."""
     if started is None or trial.datetime_start is None or trial.datetime_start >= started:
         return 1.0

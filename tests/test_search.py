@@ -5,6 +5,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -106,6 +107,24 @@ def test_the_compute_caps_shape_the_candidates(count):
         counted.append(getattr(analyse(normalise(spec)), count))
         assert counted[-1] <= cap
     assert counted[1] < counted[0]
+
+
+def test_a_retried_candidate_from_an_earlier_space_keeps_its_values_quietly():
+    """A trial stopped by --timeout is queued again with the ranges it was drawn from; when
+    the space has narrowed a range since, the retry builds the same candidate, without
+    Optuna's warning for each changed range."""
+    first = optuna.create_study()
+    drawn = first.ask()
+    spec = sample_architecture(drawn, 3000)
+    older = dict(drawn.distributions)
+    older["depth2"] = optuna.distributions.IntDistribution(1, 3)  # as the space had it once
+    retried = optuna.create_study()
+    retried.add_trial(
+        create_trial(state=TrialState.WAITING, params=drawn.params, distributions=older)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sample_architecture(retried.ask(), 3000) == spec
 
 
 def test_the_space_holds_ref7676s_ramped_two_stage_shape():

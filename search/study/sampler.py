@@ -45,6 +45,7 @@ in two epochs).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -100,27 +101,32 @@ def sample_architecture(
     max_macs = default_max_macs(budget) if max_macs is None else max_macs
     if max_activations is None:
         max_activations = default_max_activations(budget)
-    family = trial.suggest_categorical("family", ["plain", "separable"])
-    stage_count = trial.suggest_int("stages", 2, 3)
-    bias = trial.suggest_categorical("bias", [False, True])
-    dropout = trial.suggest_float("dropout", 0.0, 0.1)
-    growth = {
-        2: trial.suggest_float("growth2", 1.0, 3.0, log=True),  # stage 2 width / stage 1's
-        3: trial.suggest_float("growth3", 0.75, 2.0, log=True),  # stage 3 width / stage 2's
-    }
-    stages = []
-    relative_width = 1.0
-    for stage in (1, 2, 3):
-        relative_width *= growth.get(stage, 1.0)
-        depth = trial.suggest_int(f"depth{stage}", MIN_MIDDLE_DEPTH if stage == 2 else 1, 3)
-        # Unpadded convs shrink the map and save compute; a third stage stays padded
-        # so that the head always sees a map of a few pixels.
-        padding = trial.suggest_int(f"padding{stage}", 0, 1) if stage < 3 else 1
-        stages.append((relative_width, depth, padding))
-    del stages[stage_count:]  # a two-stage trial still suggests stage 3, unused
-    squeeze = trial.suggest_categorical("squeeze", [0, 8, 12, 16])
-    head = trial.suggest_categorical("head", ["conv_gap", "gap_conv", "gap_linear"])
-    fill = trial.suggest_float("fill", MIN_FILL, 1.0)
+    with warnings.catch_warnings():
+        # A retried trial (a candidate stopped by --timeout or a dead worker) replays its
+        # values with the ranges they were first drawn from. Optuna keeps those values, as
+        # a retry must, but warns for each range the space has changed since.
+        warnings.filterwarnings("ignore", "Inconsistent parameter values", RuntimeWarning)
+        family = trial.suggest_categorical("family", ["plain", "separable"])
+        stage_count = trial.suggest_int("stages", 2, 3)
+        bias = trial.suggest_categorical("bias", [False, True])
+        dropout = trial.suggest_float("dropout", 0.0, 0.1)
+        growth = {
+            2: trial.suggest_float("growth2", 1.0, 3.0, log=True),  # stage 2 width / stage 1's
+            3: trial.suggest_float("growth3", 0.75, 2.0, log=True),  # stage 3 width / stage 2's
+        }
+        stages = []
+        relative_width = 1.0
+        for stage in (1, 2, 3):
+            relative_width *= growth.get(stage, 1.0)
+            depth = trial.suggest_int(f"depth{stage}", MIN_MIDDLE_DEPTH if stage == 2 else 1, 3)
+            # Unpadded convs shrink the map and save compute; a third stage stays padded
+            # so that the head always sees a map of a few pixels.
+            padding = trial.suggest_int(f"padding{stage}", 0, 1) if stage < 3 else 1
+            stages.append((relative_width, depth, padding))
+        del stages[stage_count:]  # a two-stage trial still suggests stage 3, unused
+        squeeze = trial.suggest_categorical("squeeze", [0, 8, 12, 16])
+        head = trial.suggest_categorical("head", ["conv_gap", "gap_conv", "gap_linear"])
+        fill = trial.suggest_float("fill", MIN_FILL, 1.0)
 
     def spec_at(scale: float) -> Spec:
         blocks: list[dict] = []

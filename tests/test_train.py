@@ -144,6 +144,25 @@ def test_evaluate_counts_percent_correct_and_keeps_the_mode() -> None:
     assert net.training
 
 
+def test_evaluation_runs_in_exact_float32_and_restores_the_tf32_settings() -> None:
+    """On a card, PyTorch's default TF32 convolutions would round evaluation's inputs."""
+    seen: list[tuple[bool, bool]] = []
+
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.logits = nn.Parameter(torch.zeros(10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return self.logits.expand(len(x), 10)
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    evaluate(Spy(), fake_split(8))
+    assert seen == [(False, False)]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
 @pytest.mark.parametrize(
     "fields",
     [{"optimizer": "rmsprop"}, {"schedule": "cosine"}, {"epochs": 0}, {"lr": 0}, {"rotate": -1}],

@@ -306,7 +306,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
     layout = _layout_of(model)
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _exact_float32():
         correct = torch.zeros((), dtype=torch.int64, device=device)
         for i in range(0, len(split), batch_size):
             x = _floats(split.images[i : i + batch_size].to(device, non_blocking=True))
@@ -314,6 +314,21 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
             correct += (model(x.contiguous(memory_format=layout)).argmax(dim=1) == y).sum()
     model.train(was_training)
     return 100.0 * correct.item() / len(split)
+
+
+@contextlib.contextmanager
+def _exact_float32() -> Iterator[None]:
+    """TF32 off for cuDNN convolutions and matmuls while the block runs.
+
+    PyTorch lets cuDNN run float32 convolutions in TF32 on Ampere and later cards (10 bits
+    of mantissa), so an evaluation there would not be the float32 arithmetic of the CPU.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _bar(epoch: int, epochs: int, steps: int, progress: bool) -> tqdm:

@@ -114,8 +114,8 @@ def test_two_workers_search_side_by_side_on_one_card(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/studies.db"
     command = [
         sys.executable, "-m", "search.cli", "search", "--study", "gpu", "--budget", "8000",
-        "--epochs", "1", "--trials", "4", "--workers", "2", "--pruner", "none",
-        "--train-subset", "2000", "--val-size", "1000", "--no-confirm", "--no-transfer",
+        "--epochs", "1", "--trials", "6", "--workers", "2", "--pruner", "none",
+        "--train-subset", "10000", "--val-size", "1000", "--no-confirm", "--no-transfer",
         "--device", "cuda", "--storage", storage, "--artifacts", str(tmp_path / "artifacts"),
         "--data-dir", DATA,
     ]  # fmt: skip

@@ -246,6 +246,14 @@ def test_epoch_cost_table_ranks_measured_seconds_against_macs_and_activations():
     assert epoch_cost_table({"s": study}, minimum=6) == []
 
 
+def fifteen_epochs_ten_trials(**settings) -> estimate.CostEstimate:
+    """The cost estimate of ten 15-epoch trials without a pruner on a 50,000-image split."""
+    fit = Split(torch.zeros(0), torch.zeros(50_000, dtype=torch.int64))
+    return estimate.estimate_cost(
+        fit=fit, device=torch.device("cpu"), epochs=15, trials=10, pruner="none", **settings
+    )
+
+
 def test_a_resumed_search_estimates_its_cost_from_its_own_measured_pace(monkeypatch):
     """A study that has trained candidates gives the estimate its median seconds per
     epoch (subset rungs left out), and no calibration runs; too few candidates do not."""
@@ -260,19 +268,37 @@ def test_a_resumed_search_estimates_its_cost_from_its_own_measured_pace(monkeypa
         raise AssertionError("calibrated although the study has measured its pace")
 
     monkeypatch.setattr(estimate, "images_per_second", no_calibration)
-    fit = Split(torch.zeros(0), torch.zeros(50_000, dtype=torch.int64))
-    cost = estimate.estimate_cost(
-        fit=fit,
-        device=torch.device("cpu"),
-        epochs=15,
-        trials=10,
-        pruner="none",
-        mac_cap=1,
-        study=study,
-    )
+    cost = fifteen_epochs_ten_trials(budget=8000, mac_cap=1, activation_cap=1, study=study)
     assert cost.epoch_seconds == 12
     assert cost.search_seconds == 12 * 15 * 10
     assert "~12 s per epoch, measured on 5 candidates of this study" in cost.line()
+
+
+def test_a_new_search_times_a_typical_candidate_drawn_from_the_space(monkeypatch):
+    """A new search's estimate times a typical candidate itself: the draw of median MACs
+    from the space at its budget and caps, which at 3k is far below the MACs cap (the
+    candidates run out of parameters first). On a CPU it is timed on a worker's threads,
+    so the workers do not multiply the figure."""
+    budget, mac_cap, activation_cap = 3000, default_max_macs(3000), default_max_activations(3000)
+    typical = estimate.typical_candidate(budget, mac_cap, activation_cap)
+    assert typical == estimate.typical_candidate(budget, mac_cap, activation_cap)  # reproducible
+    assert analyse(typical).params <= budget and analyse(typical).macs < mac_cap / 2
+    narrower = estimate.typical_candidate(budget, analyse(typical).macs, activation_cap)
+    assert analyse(narrower).macs <= analyse(typical).macs  # within the cap
+    timed = []
+
+    def fixed_rate(fit, device, spec, threads=None):
+        timed.append((spec, threads))
+        return 5000.0  # images per second
+
+    monkeypatch.setattr(estimate, "images_per_second", fixed_rate)
+    cost = fifteen_epochs_ten_trials(
+        budget=budget, mac_cap=mac_cap, activation_cap=activation_cap, workers=2, threads=1
+    )
+    assert timed == [(typical, 1)]
+    assert cost.epoch_seconds == pytest.approx(50_000 / 5000)
+    assert cost.search_seconds == pytest.approx(cost.epoch_seconds * 15 * 10 / 2)
+    assert "calibrated" in cost.line()
 
 
 def test_a_resumed_search_sizes_confirmations_at_its_own_pace():

@@ -1,15 +1,17 @@
-"""What a search will cost, said before it trains anything.
+"""What a search will cost, printed before anything trains.
 
 A resumed study has measured its own pace: the median seconds per epoch of the
-candidates it trained is the figure. A new one has not, so a few training steps of
-ref7676 on the search's device give images per second at a known compute (1.14 M MACs
-per image), and a typical candidate's epoch is scaled from that by its MACs. The plan
-says how many epochs a trial trains on average: under the rungs, each rung is reached
-by one trial in ``PROMOTE_ONE_IN`` of those that ran the rung before.
-The calibrated figure is rough (time is not only MACs: narrow layers at 28x28 are slower
-per MAC, and a dozen steps are noisy: 61 and 141 s per epoch for the same 20k search on
-two machines, whose candidates then took a median 52 s), and the progress line replaces
-it with the measured pace as soon as trials finish.
+candidates it trained is the figure. A new one has not, so it times a dozen training
+steps of a typical candidate on the search's device, at the threads a worker gets: the
+draw of median MACs among candidates drawn at random from the space at this budget and
+caps. Timing the candidate itself, not a reference net scaled by MACs, keeps what MACs
+miss (narrow layers at 28x28 cost more per MAC), and drawing it from the space keeps
+what the caps miss (at 3k the median draw uses a quarter of the MACs cap). The plan says
+how many epochs a trial trains on average: under the rungs, each rung is reached by one
+trial in ``PROMOTE_ONE_IN`` of those that ran the rung before. The figure is rough (the
+sampler soon favours other candidates than random ones, and workers side by side slow
+each other), and the progress line replaces it with the measured pace as soon as trials
+finish.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from search.engine.train import Recipe, train
 from search.study.confirm import confirmation_seconds_from
 from search.study.plan import PROMOTE_ONE_IN, rungs_for
 from search.study.records import measured_epoch_seconds
-from space import ZOO, analyse, build
+from search.study.sampler import sample_architecture
+from space import Spec, analyse, build
 
 CALIBRATION_STEPS = 12
-TYPICAL_CAP_SHARE = 0.65  # a sampled candidate's median MACs, as a share of the cap
+TYPICAL_DRAWS = 40  # candidates drawn to find a typical one's MACs: a few ms each
 PRUNED_SHARE = 0.5  # epochs a one-training-per-trial pruner lets a trial run, on average
 
 
@@ -65,8 +68,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def images_per_second(fit: Split, device: torch.device) -> float:
-    """Training throughput of ref7676 over a few steps of the engine on ``device``."""
+def images_per_second(
+    fit: Split, device: torch.device, spec: Spec, threads: int | None = None
+) -> float:
+    """Training throughput of ``spec`` over a few steps of the engine on ``device``, on
+    ``threads`` CPU threads (default: as set)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        return _images_per_second(fit, device, spec)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _images_per_second(fit: Split, device: torch.device, spec: Spec) -> float:
     batch = Recipe().batch_size
     count = min(len(fit), batch * CALIBRATION_STEPS)
     sample = Split(fit.images[:count], fit.labels[:count])
@@ -74,11 +89,31 @@ def images_per_second(fit: Split, device: torch.device) -> float:
     torch.manual_seed(0)
     # A first, untimed pass pays the one-off costs (allocator, kernel selection) that
     # would otherwise double a figure taken over a dozen steps.
-    train(build(ZOO["ref7676"]), tiny, tiny, Recipe(epochs=1), device=device)
-    model = build(ZOO["ref7676"])
+    train(build(spec), tiny, tiny, Recipe(epochs=1), device=device)
+    model = build(spec)
     started = time.perf_counter()
     train(model, sample, tiny, Recipe(epochs=1), device=device)
     return count / (time.perf_counter() - started)
+
+
+def typical_candidate(
+    budget: int, mac_cap: int, activation_cap: int, draws: int = TYPICAL_DRAWS
+) -> Spec:
+    """The candidate of median MACs among ``draws`` drawn at random from the space at
+    ``budget`` within both caps (always the same draws: the estimate is reproducible)."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    specs = []
+    for _ in range(draws):
+        trial = study.ask()
+        specs.append(sample_architecture(trial, budget, mac_cap, activation_cap))
+        study.tell(trial, 0.0)
+    specs.sort(key=lambda spec: analyse(spec).macs)
+    return specs[len(specs) // 2]
 
 
 def estimate_cost(
@@ -88,26 +123,30 @@ def estimate_cost(
     epochs: int,
     trials: int,
     pruner: str,
+    budget: int,
     mac_cap: int,
+    activation_cap: int,
     workers: int = 1,
+    threads: int | None = None,
     confirm_seeds: int = 0,
     train_subset: int | None = None,
     study: optuna.Study | None = None,
 ) -> CostEstimate:
     """The estimate for a search of ``trials`` more trials on ``fit`` (see the module
     doc): from ``study``'s measured pace when it has trained a few candidates, else from
-    a calibration on ``device``."""
+    a calibration on ``device`` with ``threads``, a worker's CPU threads."""
     measured = measured_epoch_seconds(study) if study is not None else None
     if measured:
         epoch_seconds, candidates = measured
         source = f"measured on {candidates} candidates of this study"
     else:
-        rate = images_per_second(fit, device)
-        reference_macs = analyse(ZOO["ref7676"]).macs
-        # Workers share the device that the calibration had to itself: each trains at
-        # about 1 / workers of the rate (side by side they gain 1.04-1.24x on a CPU).
-        share = TYPICAL_CAP_SHARE * mac_cap / reference_macs
-        epoch_seconds = len(fit) / rate * share * workers
+        spec = typical_candidate(budget, mac_cap, activation_cap)
+        rate = images_per_second(fit, device, spec, threads if device.type == "cpu" else None)
+        epoch_seconds = len(fit) / rate
+        if device.type != "cpu":
+            # Workers share the card that the calibration had to itself. On a CPU each
+            # worker was calibrated on its own cores.
+            epoch_seconds *= workers
         source = "calibrated"
     if pruner == "rungs":
         rungs = rungs_for(epochs, len(fit))

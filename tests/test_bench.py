@@ -138,6 +138,9 @@ def test_the_step_benchmark_times_both_paths_per_net_and_thread_and_writes_json(
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("machine: ") and "load average" in lines[0]
     assert any(line.startswith("FLOP bound: ") and "GFLOP/s on 1 thread" in line for line in lines)
+    assert any(
+        line.startswith("augmentation of a batch on 1 thread: F.affine_grid") for line in lines
+    )
     row = next(line for line in lines if line.startswith("ref7676 "))
     assert row.split()[1] == "7,676" and row.split()[3] == "1"  # params, threads
     assert any(line.startswith("Spearman's rho of s/epoch: with MACs") for line in lines)
@@ -151,6 +154,9 @@ def test_the_step_benchmark_times_both_paths_per_net_and_thread_and_writes_json(
     )
     assert timing["speedup"] == pytest.approx(timing["plain_epoch_s"] / timing["fast_epoch_s"])
     assert timing["plain_faults"] >= 0 and timing["fast_faults"] >= 0
+    assert (
+        result["augmentation_seconds"]["plain"] > 0 and result["augmentation_seconds"]["fast"] > 0
+    )
     costs = result["candidates"]
     assert len(costs["candidates"]) == 2 and {c["budget"] for c in costs["candidates"]} == {
         4000,

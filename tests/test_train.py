@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from search.engine.augment import random_affine
+from search.engine.augment import random_affine, sampling_grid
 from search.engine.data import Split, confirm_data
 from search.engine.train import (
     EpochStats,
@@ -50,6 +51,22 @@ def test_augmentation_is_seeded_and_keeps_shape_and_range() -> None:
     assert a.shape == x.shape and a.dtype == x.dtype
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
     assert a.min() >= 0 and a.max() <= 1
+
+
+def test_the_sampling_grid_is_affine_grids_to_float_rounding() -> None:
+    """The engine's grid is F.affine_grid's, so the plain and the fast step warp alike."""
+    theta = torch.randn(32, 2, 3, generator=torch.Generator().manual_seed(0))
+    for size in ((28, 28), (20, 28), (5, 3)):
+        expected = F.affine_grid(theta, [32, 1, *size], align_corners=False)
+        grid = sampling_grid(theta, torch.Size(size))
+        assert grid.shape == expected.shape
+        torch.testing.assert_close(grid, expected, rtol=0, atol=2e-6)
+    x = torch.rand(16, 1, 28, 28)
+    warped = [
+        random_affine(x, torch.Generator().manual_seed(3), 8, 0.1, 0.08, textbook_grid=textbook)
+        for textbook in (False, True)
+    ]
+    torch.testing.assert_close(warped[0], warped[1], rtol=0, atol=1e-5)
 
 
 def test_translation_moves_a_digit_by_at_most_the_given_fraction() -> None:

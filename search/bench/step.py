@@ -32,6 +32,7 @@ import torch
 
 from search.bench.fidelity import sample_candidates
 from search.bench.speed import first_images, machine
+from search.engine.augment import random_affine
 from search.engine.data import Split, search_data
 from search.engine.train import Recipe, train
 from search.errors import UsageError
@@ -91,6 +92,32 @@ def matmul_flops(threads: int, side: int = MATMUL_SIDE, repeats: int = 10) -> fl
             a @ b
             best = min(best, time.perf_counter() - start)
         return 2 * side**3 / best
+    finally:
+        torch.set_num_threads(previous)
+
+
+def augmentation_seconds(threads: int, *, textbook_grid: bool, repeats: int = 200) -> float:
+    """Seconds to warp one batch of the default recipe, the best of ``repeats``: the
+    engine's sampling grid, or ``F.affine_grid``'s as the plain step builds it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        recipe = Recipe()
+        images = torch.rand(recipe.batch_size, 1, 28, 28)
+        generator = torch.Generator().manual_seed(0)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            random_affine(
+                images,
+                generator,
+                recipe.rotate,
+                recipe.translate,
+                recipe.scale,
+                textbook_grid=textbook_grid,
+            )
+            best = min(best, time.perf_counter() - start)
+        return best
     finally:
         torch.set_num_threads(previous)
 
@@ -159,6 +186,15 @@ def step_benchmark(
         f" {MATMUL_SIDE}x{MATMUL_SIDE} matmul: "
         + ", ".join(f"{peaks[n] / 1e9:.0f} GFLOP/s on {_threads(n)}" for n in threads)
     )
+    fewest = min(threads)
+    warps = {grid: augmentation_seconds(fewest, textbook_grid=grid) for grid in (True, False)}
+    batches = EPOCH_IMAGES // Recipe().batch_size
+    say(
+        f"augmentation of a batch on {_threads(fewest)}: F.affine_grid (plain)"
+        f" {warps[True] * 1e3:.2f} ms, the engine's sampling grid (fast)"
+        f" {warps[False] * 1e3:.2f} ms: {(warps[True] - warps[False]) * batches:.1f} s"
+        " less per epoch"
+    )
     say(
         f"{'net':<18} {'params':>7} {'MFLOP/img':>9} {'threads':>7} {'plain s/epoch':>13}"
         f" {'fast s/epoch':>12} {'speedup':>7} {'bound s':>7} {'fast/bound':>10}"
@@ -196,7 +232,6 @@ def step_benchmark(
                     f" {fast:>12.1f} {row.speedup:>6.2f}x {row.bound_epoch_s:>7.1f}"
                     f" {fast / row.bound_epoch_s:>9.1f}x {plain_faults:>13,} {fast_faults:>9,}"
                 )
-    fewest = min(threads)
     worst = min((r for r in rows if r.threads == fewest), key=lambda r: r.speedup)
     costs = candidate_costs(candidates, data_dir=data_dir, say=say) if candidates else None
     say(f"smallest speedup on {_threads(fewest)}: {worst.speedup:.2f}x ({worst.net})")
@@ -206,6 +241,7 @@ def step_benchmark(
         "warmup_steps": WARMUP_STEPS,
         "epoch_images": EPOCH_IMAGES,
         "matmul_flops": {str(n): peaks[n] for n in threads},
+        "augmentation_seconds": {"plain": warps[True], "fast": warps[False]},
         "rows": [r.as_dict() for r in rows],
         "candidates": costs,
     }

@@ -19,7 +19,8 @@ pointed (docs/speed.md), without changing what they compute:
   kernel, so a step does not page-fault its activations back in.
 
 ``plain=True`` runs the textbook step instead (NCHW, ``nn.Dropout`` and ``nn.BatchNorm2d``
-as they are), the reference that ``budgetnas bench --step`` and the tests compare against.
+as they are, ``F.affine_grid``), the reference that ``budgetnas bench --step`` and the
+tests compare against.
 """
 
 import contextlib
@@ -45,7 +46,7 @@ SCHEDULES = ("onecycle", "step")
 CUDA_CHECK_EVERY = 25  # steps between loss checks on CUDA, where each check is a host sync
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what training autocasts to (evaluation: fp32)
 # Which step trained a trial, as recorded with it: a study's measured pace is a fair cost
-# estimate only for trials of the same step (the fast one is 1.3-1.9x quicker per epoch).
+# estimate only for trials of the same step (the fast one is 1.3-2.2x quicker per epoch).
 STEP = "fast"
 # glibc's mallopt: blocks up to 32 MiB (its maximum) come from the heap, not from mmap, and up
 # to 1 GiB of freed heap stays with the process, so one step's activations reuse the last's.
@@ -237,6 +238,7 @@ def train(
                         recipe.rotate,
                         recipe.translate,
                         recipe.scale,
+                        textbook_grid=plain,
                     )
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                         logits = model(x.contiguous(memory_format=layout))

@@ -47,6 +47,7 @@ from search.engine.train import (
     _scheduler,
     autocast_dtype,
     resolve_device,
+    torch_threads,
     train,
 )
 from search.errors import UsageError
@@ -375,9 +376,7 @@ def _one_trial_rates(
     """The engine, then the conventional pipeline with each worker count, one trial on
     all threads (what a one-worker search gives its trial); each row printed when done."""
     cores = threads_per_worker(1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(cores)
-    try:
+    with torch_threads(cores):
         rates = [
             Rate(
                 f"engine, 1 trial x {cores} threads",
@@ -394,8 +393,6 @@ def _one_trial_rates(
             )
             say(_row(rates[-1]))
         return rates
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _header(info: dict[str, Any], device: torch.device, steps: int, warmup: int) -> list[str]:

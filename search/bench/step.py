@@ -34,7 +34,7 @@ from search.bench.fidelity import sample_candidates
 from search.bench.speed import first_images, machine
 from search.engine.augment import random_affine
 from search.engine.data import Split, search_data
-from search.engine.train import Recipe, train
+from search.engine.train import Recipe, torch_threads, train
 from search.errors import UsageError
 from search.own_model.target import load_target
 from search.results.tables import spearman
@@ -81,31 +81,25 @@ class StepTiming:
 
 def matmul_flops(threads: int, side: int = MATMUL_SIDE, repeats: int = 10) -> float:
     """FLOP/s of a float32 ``side``^3 matmul on ``threads`` threads, the best of ``repeats``."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(side, side), torch.randn(side, side)
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    best = float("inf")
+    with torch_threads(threads):
         a @ b  # warm-up: thread pool and caches
-        best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - start)
-        return 2 * side**3 / best
-    finally:
-        torch.set_num_threads(previous)
+    return 2 * side**3 / best
 
 
 def augmentation_seconds(threads: int, *, textbook_grid: bool, repeats: int = 200) -> float:
     """Seconds to warp one batch of the default recipe, the best of ``repeats``: the
     engine's sampling grid, or ``F.affine_grid``'s as the plain step builds it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        recipe = Recipe()
-        images = torch.rand(recipe.batch_size, 1, 28, 28)
-        generator = torch.Generator().manual_seed(0)
-        best = float("inf")
+    recipe = Recipe()
+    images = torch.rand(recipe.batch_size, 1, 28, 28)
+    generator = torch.Generator().manual_seed(0)
+    best = float("inf")
+    with torch_threads(threads):
         for _ in range(repeats):
             start = time.perf_counter()
             random_affine(
@@ -117,9 +111,7 @@ def augmentation_seconds(threads: int, *, textbook_grid: bool, repeats: int = 20
                 textbook_grid=textbook_grid,
             )
             best = min(best, time.perf_counter() - start)
-        return best
-    finally:
-        torch.set_num_threads(previous)
+    return best
 
 
 def epoch_seconds(

@@ -319,6 +319,18 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> float:
 
 
 @contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``threads`` while the block runs (None: as set),
+    and put back after: a timing in the calling process must not change its threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def _exact_float32() -> Iterator[None]:
     """TF32 off for cuDNN convolutions and matmuls while the block runs.
 

@@ -23,7 +23,7 @@ import optuna
 import torch
 
 from search.engine.data import Split
-from search.engine.train import Recipe, train
+from search.engine.train import Recipe, torch_threads, train
 from search.study.confirm import confirmation_seconds_from
 from search.study.plan import PROMOTE_ONE_IN, rungs_for
 from search.study.records import measured_epoch_seconds
@@ -73,27 +73,19 @@ def images_per_second(
 ) -> float:
     """Training throughput of ``spec`` over a few steps of the engine on ``device``, on
     ``threads`` CPU threads (default: as set)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
-        return _images_per_second(fit, device, spec)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _images_per_second(fit: Split, device: torch.device, spec: Spec) -> float:
     batch = Recipe().batch_size
     count = min(len(fit), batch * CALIBRATION_STEPS)
     sample = Split(fit.images[:count], fit.labels[:count])
     tiny = Split(fit.images[:batch], fit.labels[:batch])
     torch.manual_seed(0)
-    # A first, untimed pass pays the one-off costs (allocator, kernel selection) that
-    # would otherwise double a figure taken over a dozen steps.
-    train(build(spec), tiny, tiny, Recipe(epochs=1), device=device)
-    model = build(spec)
-    started = time.perf_counter()
-    train(model, sample, tiny, Recipe(epochs=1), device=device)
-    return count / (time.perf_counter() - started)
+    with torch_threads(threads):
+        # A first, untimed pass pays the one-off costs (allocator, kernel selection) that
+        # would otherwise double a figure taken over a dozen steps.
+        train(build(spec), tiny, tiny, Recipe(epochs=1), device=device)
+        model = build(spec)
+        started = time.perf_counter()
+        train(model, sample, tiny, Recipe(epochs=1), device=device)
+        return count / (time.perf_counter() - started)
 
 
 def typical_candidate(

@@ -3,8 +3,10 @@
 An epoch is the unit cost of everything budgetnas does, so this times the step alone
 (batched augmentation, forward, backward, SGD), with no evaluation, as seconds per epoch
 of the search's 50,000 fit images. Each configuration runs in a fresh process, so that
-one cannot warm the allocator or the thread pool for the next, and the plain and fast
-paths of a net run one after the other, so that a busy neighbour shows in both.
+one cannot warm the allocator or the thread pool for the next. The plain and fast paths
+of a net alternate for a few rounds (plain, fast, plain, fast...) and each path's median
+is reported: on a shared VM one timing moves by 20-35% with what the neighbours do, and
+a burst that lands on one path of a single pair would swing its ratio as much.
 
 ``--candidates`` also times candidates sampled from the space with the activation cap
 lifted, on the fast path and one thread, to check what the search's cost caps stand on:
@@ -50,6 +52,7 @@ DEFAULT_NETS = (
 )
 DEFAULT_THREADS = (1, 2)
 DEFAULT_STEPS = 100
+DEFAULT_ROUNDS = 3
 WARMUP_STEPS = 10
 MATMUL_SIDE = 1024  # the float32 matmul whose speed stands for the machine's peak
 CANDIDATE_BUDGETS = [4000, 8000]
@@ -70,6 +73,8 @@ class StepTiming:
     bound_epoch_s: float
     plain_faults: int  # page faults per step: memory the kernel had to hand back and zero
     fast_faults: int
+    plain_rounds: list[float]  # each round's seconds per epoch; the medians are above
+    fast_rounds: list[float]
 
     @property
     def speedup(self) -> float:
@@ -148,10 +153,12 @@ def step_benchmark(
     data_dir: str | Path | None = None,
     threads: list[int] | tuple[int, ...] = DEFAULT_THREADS,
     steps: int = DEFAULT_STEPS,
+    rounds: int = DEFAULT_ROUNDS,
     candidates: int = 0,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Time plain against fast for every net and thread count, a printed row for each.
+    """Time plain against fast for every net and thread count, a printed row for each:
+    the median of ``rounds`` alternating timings of each path.
 
     Returns the machine, the matmul peaks and the rows, for ``--out``; the last printed
     line is the smallest speedup at one thread (or at the fewest threads timed).
@@ -159,8 +166,8 @@ def step_benchmark(
     """
     say = say or (lambda line: print(line, flush=True))
     specs = {net: _spec(net) for net in nets}
-    if steps <= 0 or not threads or min(threads) <= 0:
-        raise UsageError("--steps and --threads need positive integers")
+    if steps <= 0 or rounds <= 0 or not threads or min(threads) <= 0:
+        raise UsageError("--steps, --rounds and --threads need positive integers")
     search_data(data_dir, "cpu")  # missing MNIST fails here, not in a worker process
     info = machine(torch.device("cpu"))
     say(
@@ -169,8 +176,10 @@ def step_benchmark(
     )
     say(
         f"method: {steps} timed steps of 128 images after {WARMUP_STEPS} warm-up steps, each"
-        f" configuration in a fresh process; seconds per epoch of {EPOCH_IMAGES:,} images,"
-        " training step only (augmentation, forward, backward, SGD), no evaluation"
+        f" timing in a fresh process, plain and fast alternating for {rounds} round"
+        f"{'s' if rounds > 1 else ''}, the median of each; seconds per epoch of"
+        f" {EPOCH_IMAGES:,} images, training step only (augmentation, forward, backward,"
+        " SGD), no evaluation"
     )
     peaks = {n: matmul_flops(n) for n in threads}
     say(
@@ -200,11 +209,15 @@ def step_benchmark(
             flop = 6 * counts.macs
             for n in threads:
                 kwargs = {"threads": n, "steps": steps}
-                plain, plain_faults = pool.apply(
-                    epoch_seconds, (net, data_dir), {"plain": True, **kwargs}
-                )
-                fast, fast_faults = pool.apply(
-                    epoch_seconds, (net, data_dir), {"plain": False, **kwargs}
+                timings: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
+                for _ in range(rounds):
+                    for plain in (True, False):
+                        timings[plain].append(
+                            pool.apply(epoch_seconds, (net, data_dir), {"plain": plain, **kwargs})
+                        )
+                (plain, plain_faults), (fast, fast_faults) = (
+                    _median(timings[True]),
+                    _median(timings[False]),
                 )
                 bound = flop * EPOCH_IMAGES / peaks[n]
                 row = StepTiming(
@@ -217,6 +230,8 @@ def step_benchmark(
                     bound,
                     plain_faults,
                     fast_faults,
+                    [seconds for seconds, _ in timings[True]],
+                    [seconds for seconds, _ in timings[False]],
                 )
                 rows.append(row)
                 say(
@@ -230,6 +245,7 @@ def step_benchmark(
     return {
         "machine": info,
         "steps": steps,
+        "rounds": rounds,
         "warmup_steps": WARMUP_STEPS,
         "epoch_images": EPOCH_IMAGES,
         "matmul_flops": {str(n): peaks[n] for n in threads},
@@ -296,6 +312,11 @@ def candidate_costs(
             for c in pool
         ],
     }
+
+
+def _median(timings: list[tuple[float, int]]) -> tuple[float, int]:
+    # The median round's seconds and its page faults (the lower middle one of an even count).
+    return sorted(timings)[(len(timings) - 1) // 2]
 
 
 def _spec(net: str) -> dict:

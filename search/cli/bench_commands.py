@@ -11,7 +11,7 @@ from pathlib import Path
 from search.bench.arms import ARMS, DEFAULT_ARMS, run_bench_search
 from search.bench.fidelity import print_family_table, print_fidelity_table, run_fidelity_study
 from search.bench.speed import DEFAULT_MODELS, DEFAULT_STEPS, benchmark
-from search.bench.step import DEFAULT_THREADS, step_benchmark
+from search.bench.step import DEFAULT_ROUNDS, DEFAULT_THREADS, step_benchmark
 from search.cli.common import (
     _add_data,
     _check_folder_writable,
@@ -144,6 +144,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         " rank their seconds per epoch by MACs and by activations (default: %(default)s)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help="with --step: alternating timings of each path per net and thread count; the"
+        " median is reported (default: %(default)s)",
+    )
+    parser.add_argument(
         "--threads",
         default=",".join(map(str, DEFAULT_THREADS)),
         help="with --step: comma-separated thread counts (default: %(default)s)",
@@ -188,6 +195,7 @@ def _step(args: argparse.Namespace) -> dict:
         *([nets] if nets else []),
         data_dir=args.data_dir,
         threads=threads,
+        rounds=args.rounds,
         candidates=args.candidates,
         **options,
     )

@@ -210,7 +210,7 @@ def train(
     # for good, and a tiny final batch would give BatchNorm noisy statistics.
     batch = min(recipe.batch_size, len(images))
     steps = len(images) // batch
-    optimizer = _optimizer(model, recipe)
+    optimizer = _optimizer(model, recipe, fused=not plain and not cuda)
     scheduler = _scheduler(optimizer, recipe, steps * recipe.epochs)
     check_every = CUDA_CHECK_EVERY if cuda else 1
     dtype = autocast_dtype(device, precision)
@@ -405,13 +405,18 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, recipe: Recipe, *, fused: bool = False) -> torch.optim.Optimizer:
+    # ``fused`` updates every parameter in one kernel: the same update, but PyTorch's
+    # default loop spends ~0.4 ms a step on the CPU dispatching five small operations
+    # for each of a net's ~20 tensors.
     params, lr, wd = model.parameters(), recipe.lr, recipe.weight_decay
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd, fused=fused or None
+        )
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused or None)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused or None)
 
 
 def _scheduler(

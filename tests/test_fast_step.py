@@ -127,6 +127,15 @@ def test_wide_batchnorm_leaves_evaluation_and_nchw_to_batchnorm() -> None:
     torch.testing.assert_close(bn.running_var, plain.running_var)
 
 
+def test_wide_batchnorm_leaves_a_multiple_of_8_channels_to_batchnorm() -> None:
+    # Bit for bit the native kernel's output: the wide view's sums would round differently.
+    x = torch.randn(8, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+    wide, plain = WideBatchNorm2d(16).train(), nn.BatchNorm2d(16).train()
+    assert torch.equal(wide(x), plain(x))
+    odd = x[:, :12].contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(WideBatchNorm2d(12).train()(odd), nn.BatchNorm2d(12).train()(odd))
+
+
 def shipped_like_spec(dropout: float) -> dict:
     """A small net with every kind of block the search samples, and dropout after each."""
     return {

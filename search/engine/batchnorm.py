@@ -2,8 +2,9 @@
 
 The searched nets run 4 to 28 channels. In channels_last memory an activation is a
 matrix of pixels x channels, and PyTorch's CPU BatchNorm walks it a few channels per
-row: on these nets it took a third of the fast step, its backward 2 ms for a 620k-value
-activation that a core reads in a tenth of that. Viewed as rows of (batch x height) by
+row: unless the channels fill its vectors (a multiple of 8), it took a third of the fast
+step on these nets, its backward 2 ms for a 620k-value activation that a core reads in a
+tenth of that. Viewed as rows of (batch x height) by
 columns of (width x channels), the same memory is a wide matrix whose column sums are
 one vectorised pass, and the per-channel statistics are sums over the width of those.
 The maths is BatchNorm's: batch mean and biased variance normalise, the running
@@ -20,6 +21,12 @@ import functools
 
 import torch
 from torch import nn
+
+# The native channels_last kernel runs along the channels in vectors of 8 floats. With a
+# multiple of 8 channels its vectors are full and its fewer passes beat the wide view (16
+# channels at 22 x 22, forward and backward: 2.2 ms against 4.6); with 4, 5, 10 or 14
+# channels it is 1.1-4x slower than the wide view (docs/speed.md).
+NATIVE_VECTOR = 8
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +94,9 @@ class _WideBatchNorm(torch.autograd.Function):
 
 
 class WideBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that trains channels_last float32 activations on the CPU through
-    the wide view; anything else (evaluation, NCHW, CUDA, autocast, no affine or running
+    """``nn.BatchNorm2d`` that trains channels_last float32 activations of a channel count
+    the native kernel handles badly on the CPU through the wide view; anything else
+    (evaluation, NCHW, CUDA, autocast, a multiple of 8 channels, no affine or running
     statistics, a cumulative ``momentum=None``) runs ``nn.BatchNorm2d`` as it is."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,4 +121,5 @@ class WideBatchNorm2d(nn.BatchNorm2d):
             and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
             and not x.is_contiguous()  # NCHW, or one value per pixel: the native kernel is fine
+            and x.shape[1] % NATIVE_VECTOR != 0
         )

@@ -43,6 +43,12 @@ def _channel_of_column(width: int, channels: int) -> torch.Tensor:
     return torch.arange(width * channels) % channels
 
 
+def _columns(width: int, *per_channel: torch.Tensor) -> list[torch.Tensor]:
+    # Each per-channel vector spread over the W*C columns of the wide view.
+    channel = _channel_of_column(width, len(per_channel[0]))
+    return [vector.index_select(0, channel) for vector in per_channel]
+
+
 def _per_channel(column_sums: torch.Tensor, channels: int) -> torch.Tensor:
     # k x (W*C) column sums -> k x C channel sums.
     return column_sums.view(len(column_sums), -1, channels).sum(1)
@@ -63,9 +69,7 @@ class _WideBatchNorm(torch.autograd.Function):
         rstd = var.add(eps).rsqrt_()
         scale = weight * rstd
         shift = torch.addcmul(bias, mean, scale, value=-1)
-        scale_columns, shift_columns = torch.stack((scale, shift)).index_select(
-            1, _channel_of_column(w, c)
-        )
+        scale_columns, shift_columns = _columns(w, scale, shift)
         out = torch.addcmul(shift_columns, rows, scale_columns)
         ctx.save_for_backward(rows, mean, rstd, weight)
         ctx.mark_non_differentiable(mean, var)
@@ -85,9 +89,7 @@ class _WideBatchNorm(torch.autograd.Function):
         a = weight * rstd
         b = (a * rstd).mul_(grad_weight).div_(-count)
         offset = torch.addcmul((a * grad_bias).div_(-count), b, mean, value=-1)
-        a_columns, b_columns, offset_columns = torch.stack((a, b, offset)).index_select(
-            1, _channel_of_column(w, c)
-        )
+        a_columns, b_columns, offset_columns = _columns(w, a, b, offset)
         grad_x = torch.addcmul(offset_columns, grad_rows, a_columns)
         grad_x.addcmul_(rows, b_columns)
         return grad_x.view(n, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None

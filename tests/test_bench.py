@@ -142,6 +142,9 @@ def test_the_step_benchmark_times_both_paths_per_net_and_thread_and_writes_json(
     assert any(
         line.startswith("augmentation of a batch on 1 thread: F.affine_grid") for line in lines
     )
+    assert any(
+        line.startswith("BatchNorm of 128 activations, forward + backward") for line in lines
+    )
     row = next(line for line in lines if line.startswith("ref7676 "))
     assert row.split()[1] == "7,676" and row.split()[3] == "1"  # params, threads
     assert any(line.startswith("Spearman's rho of s/epoch: with MACs") for line in lines)
@@ -162,6 +165,9 @@ def test_the_step_benchmark_times_both_paths_per_net_and_thread_and_writes_json(
     assert (
         result["augmentation_seconds"]["plain"] > 0 and result["augmentation_seconds"]["fast"] > 0
     )
+    norms = result["batchnorm_seconds"]
+    assert {n["channels"] for n in norms} == {4, 8, 14, 16, 22}
+    assert all(n["wide"] > 0 and n["native"] > 0 for n in norms)
     costs = result["candidates"]
     assert len(costs["candidates"]) == 2 and {c["budget"] for c in costs["candidates"]} == {
         4000,

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from search.bench.fidelity import sample_candidates
 from search.bench.speed import first_images, machine
 from search.engine.augment import random_affine
+from search.engine.batchnorm import wide_batch_norm
 from search.engine.data import Split, search_data
 from search.engine.train import Recipe, torch_threads, train
 from search.errors import UsageError
@@ -58,6 +60,10 @@ MATMUL_SIDE = 1024  # the float32 matmul whose speed stands for the machine's pe
 CANDIDATE_BUDGETS = [4000, 8000]
 CANDIDATE_STEPS = 30  # per sampled candidate: enough to rank them, and 40 take minutes
 NO_CAP = 10**9
+# (channels, side) of BatchNorm layers in the nets above: 4, 8 and 16 channels of ref7676,
+# the shipped 8k net's 14 at 28 x 28 and the shipped 4k net's 22 at 11 x 11.
+BATCHNORM_SHAPES = ((4, 26), (8, 24), (16, 22), (14, 28), (22, 11))
+BATCHNORM_EPS = 1e-5  # nn.BatchNorm2d's default
 
 
 @dataclass
@@ -115,6 +121,33 @@ def augmentation_seconds(threads: int, *, textbook_grid: bool, repeats: int = 20
                 recipe.scale,
                 textbook_grid=textbook_grid,
             )
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def batchnorm_seconds(
+    channels: int, side: int, threads: int, *, wide: bool, repeats: int = 20
+) -> float:
+    """Seconds of one training-mode BatchNorm, forward and backward, over a channels_last
+    batch of 128 activations of ``channels`` x ``side`` x ``side``, the best of ``repeats``:
+    through the engine's wide view, or PyTorch's native kernel. Which one pays depends on
+    the channel count (``search.engine.batchnorm.NATIVE_VECTOR``)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (Recipe().batch_size, channels, side, side)
+    x = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weight = torch.ones(channels, requires_grad=True)
+    bias = torch.zeros(channels, requires_grad=True)
+    best = float("inf")
+    with torch_threads(threads):
+        for _ in range(repeats + 1):  # the first warms the allocator and the kernels
+            start = time.perf_counter()
+            if wide:
+                out, _, _ = wide_batch_norm(x, weight, bias, BATCHNORM_EPS)
+            else:
+                out = F.batch_norm(x, None, None, weight, bias, True, 0.1, BATCHNORM_EPS)
+            out.backward(grad)
             best = min(best, time.perf_counter() - start)
     return best
 
@@ -196,6 +229,18 @@ def step_benchmark(
         f" {warps[False] * 1e3:.2f} ms: {(warps[True] - warps[False]) * batches:.1f} s"
         " less per epoch"
     )
+    norms = {
+        shape: [batchnorm_seconds(*shape, fewest, wide=wide) for wide in (True, False)]
+        for shape in BATCHNORM_SHAPES
+    }
+    say(
+        f"BatchNorm of 128 activations, forward + backward on {_threads(fewest)}, the wide view"
+        " against the native channels_last kernel: "
+        + ", ".join(
+            f"{c} x {s}x{s} {wide * 1e3:.2f} / {native * 1e3:.2f} ms"
+            for (c, s), (wide, native) in norms.items()
+        )
+    )
     say(
         f"{'net':<18} {'params':>7} {'MFLOP/img':>9} {'threads':>7} {'plain s/epoch':>13}"
         f" {'fast s/epoch':>12} {'speedup':>7} {'bound s':>7} {'fast/bound':>10}"
@@ -250,6 +295,10 @@ def step_benchmark(
         "epoch_images": EPOCH_IMAGES,
         "matmul_flops": {str(n): peaks[n] for n in threads},
         "augmentation_seconds": {"plain": warps[True], "fast": warps[False]},
+        "batchnorm_seconds": [
+            {"channels": c, "side": s, "wide": wide, "native": native}
+            for (c, s), (wide, native) in norms.items()
+        ],
         "rows": [r.as_dict() for r in rows],
         "candidates": costs,
     }

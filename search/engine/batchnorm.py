@@ -95,6 +95,15 @@ class _WideBatchNorm(torch.autograd.Function):
         return grad_x.view(n, h, w, c).permute(0, 3, 1, 2), grad_weight, grad_bias, None
 
 
+def wide_batch_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-mode BatchNorm of a channels_last float32 ``x`` through the wide view, whatever
+    its channel count: the output (differentiable in ``x``, ``weight`` and ``bias``), and the
+    batch mean and biased variance per channel for the running statistics."""
+    return _WideBatchNorm.apply(x, weight, bias, eps)
+
+
 class WideBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that trains channels_last float32 activations of a channel count
     the native kernel handles badly on the CPU through the wide view; anything else
@@ -104,7 +113,7 @@ class WideBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._wide_applies(x):
             return super().forward(x)
-        out, mean, var = _WideBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        out, mean, var = wide_batch_norm(x, self.weight, self.bias, self.eps)
         with torch.no_grad():
             count = x.numel() // x.shape[1]
             self.running_mean.lerp_(mean, self.momentum)

@@ -166,7 +166,7 @@ def test_the_step_benchmark_times_both_paths_per_net_and_thread_and_writes_json(
         result["augmentation_seconds"]["plain"] > 0 and result["augmentation_seconds"]["fast"] > 0
     )
     norms = result["batchnorm_seconds"]
-    assert {n["channels"] for n in norms} == {4, 8, 14, 16, 22}
+    assert {n["channels"] for n in norms} == {4, 8, 14, 16, 22, 24}
     assert all(n["wide"] > 0 and n["native"] > 0 for n in norms)
     costs = result["candidates"]
     assert len(costs["candidates"]) == 2 and {c["budget"] for c in costs["candidates"]} == {

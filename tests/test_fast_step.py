@@ -127,13 +127,22 @@ def test_wide_batchnorm_leaves_evaluation_and_nchw_to_batchnorm() -> None:
     torch.testing.assert_close(bn.running_var, plain.running_var)
 
 
-def test_wide_batchnorm_leaves_a_multiple_of_8_channels_to_batchnorm() -> None:
+@pytest.mark.parametrize("channels", [16, 24])
+def test_wide_batchnorm_leaves_16_24_32_channels_to_batchnorm(channels: int) -> None:
     # Bit for bit the native kernel's output: the wide view's sums would round differently.
-    x = torch.randn(8, 16, 5, 5).contiguous(memory_format=torch.channels_last)
-    wide, plain = WideBatchNorm2d(16).train(), nn.BatchNorm2d(16).train()
+    x = torch.randn(8, channels, 5, 5).contiguous(memory_format=torch.channels_last)
+    wide, plain = WideBatchNorm2d(channels).train(), nn.BatchNorm2d(channels).train()
     assert torch.equal(wide(x), plain(x))
-    odd = x[:, :12].contiguous(memory_format=torch.channels_last)
-    assert not torch.equal(WideBatchNorm2d(12).train()(odd), nn.BatchNorm2d(12).train()(odd))
+
+
+@pytest.mark.parametrize("channels", [8, 12, 20])
+def test_wide_batchnorm_takes_fewer_or_other_channel_counts(channels: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, channels, 5, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    wide, plain = WideBatchNorm2d(channels).train(), nn.BatchNorm2d(channels).train()
+    out = wide(x)
+    torch.testing.assert_close(out, plain(x))
+    assert not torch.equal(out, plain(x))
 
 
 def shipped_like_spec(dropout: float) -> dict:

@@ -61,8 +61,9 @@ CANDIDATE_BUDGETS = [4000, 8000]
 CANDIDATE_STEPS = 30  # per sampled candidate: enough to rank them, and 40 take minutes
 NO_CAP = 10**9
 # (channels, side) of BatchNorm layers in the nets above: 4, 8 and 16 channels of ref7676,
-# the shipped 8k net's 14 at 28 x 28 and the shipped 4k net's 22 at 11 x 11.
-BATCHNORM_SHAPES = ((4, 26), (8, 24), (16, 22), (14, 28), (22, 11))
+# the shipped 8k net's 14 at 28 x 28 and the shipped 4k net's 22 at 11 x 11; and 8 and
+# 24 channels at 11 x 11, sizes the search samples.
+BATCHNORM_SHAPES = ((4, 26), (8, 24), (16, 22), (14, 28), (22, 11), (8, 11), (24, 11))
 BATCHNORM_EPS = 1e-5  # nn.BatchNorm2d's default
 
 
@@ -131,7 +132,7 @@ def batchnorm_seconds(
     """Seconds of one training-mode BatchNorm, forward and backward, over a channels_last
     batch of 128 activations of ``channels`` x ``side`` x ``side``, the best of ``repeats``:
     through the engine's wide view, or PyTorch's native kernel. Which one pays depends on
-    the channel count (``search.engine.batchnorm.NATIVE_VECTOR``)."""
+    the channel count (``search.engine.batchnorm.NATIVE_MIN_CHANNELS``)."""
     g = torch.Generator().manual_seed(0)
     shape = (Recipe().batch_size, channels, side, side)
     x = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)

@@ -2,7 +2,7 @@
 
 The searched nets run 4 to 28 channels. In channels_last memory an activation is a
 matrix of pixels x channels, and PyTorch's CPU BatchNorm walks it a few channels per
-row: unless the channels fill its vectors (a multiple of 8), it took a third of the fast
+row: unless the channels fill its vectors (16 or more, a multiple of 8), it took a third of the fast
 step on these nets, its backward 2 ms for a 620k-value activation that a core reads in a
 tenth of that. Viewed as rows of (batch x height) by
 columns of (width x channels), the same memory is a wide matrix whose column sums are
@@ -22,11 +22,11 @@ import functools
 import torch
 from torch import nn
 
-# The native channels_last kernel runs along the channels in vectors of 8 floats. With a
-# multiple of 8 channels its vectors are full and its fewer passes beat the wide view (16
-# channels at 22 x 22, forward and backward: 2.2 ms against 4.6); with 4, 5, 10 or 14
-# channels it is 1.1-4x slower than the wide view (docs/speed.md).
-NATIVE_VECTOR = 8
+# The native channels_last kernel runs along the channels in vectors of floats. From 16
+# channels up, in multiples of 8, its vectors are full and its fewer passes beat the wide
+# view; with 4, 5, 8, 10 or 14 channels it is slower than the wide view, up to 7x
+# (`budgetnas bench --step` times both, docs/speed.md).
+NATIVE_MIN_CHANNELS, NATIVE_MULTIPLE = 16, 8
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ def wide_batch_norm(
 class WideBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` that trains channels_last float32 activations of a channel count
     the native kernel handles badly on the CPU through the wide view; anything else
-    (evaluation, NCHW, CUDA, autocast, a multiple of 8 channels, no affine or running
+    (evaluation, NCHW, CUDA, autocast, 16, 24, 32... channels, no affine or running
     statistics, a cumulative ``momentum=None``) runs ``nn.BatchNorm2d`` as it is."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,5 +132,9 @@ class WideBatchNorm2d(nn.BatchNorm2d):
             and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
             and not x.is_contiguous()  # NCHW, or one value per pixel: the native kernel is fine
-            and x.shape[1] % NATIVE_VECTOR != 0
+            and not _native_is_faster(x.shape[1])
         )
+
+
+def _native_is_faster(channels: int) -> bool:
+    return channels >= NATIVE_MIN_CHANNELS and channels % NATIVE_MULTIPLE == 0

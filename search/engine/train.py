@@ -15,11 +15,13 @@ pointed (docs/speed.md), without changing what they compute:
   the same masks in distribution for a few random numbers per dropped value;
 - BatchNorm's sums over a wide view of channels_last memory on the CPU
   (``search.engine.batchnorm``), where the native kernel walks a few channels at a time;
+- one fused optimizer update for all parameters on the CPU, not five small operations
+  per tensor;
 - on Linux, freed memory kept for the next step instead of handed back to the
   kernel, so a step does not page-fault its activations back in.
 
 ``plain=True`` runs the textbook step instead (NCHW, ``nn.Dropout`` and ``nn.BatchNorm2d``
-as they are, ``F.affine_grid``), the reference that ``budgetnas bench --step`` and the
+as they are, ``F.affine_grid``, PyTorch's default optimizer loop), the reference that ``budgetnas bench --step`` and the
 tests compare against.
 """
 

@@ -147,7 +147,7 @@ def batchnorm_seconds(
             if wide:
                 out, _, _ = wide_batch_norm(x, weight, bias, BATCHNORM_EPS)
             else:
-                out = F.batch_norm(x, None, None, weight, bias, True, 0.1, BATCHNORM_EPS)
+                out = F.batch_norm(x, None, None, weight, bias, training=True, eps=BATCHNORM_EPS)
             out.backward(grad)
             best = min(best, time.perf_counter() - start)
     return best

@@ -2,11 +2,11 @@
 
 The searched nets run 4 to 28 channels. In channels_last memory an activation is a
 matrix of pixels x channels, and PyTorch's CPU BatchNorm walks it a few channels per
-row: unless the channels fill its vectors (16 or more, a multiple of 8), it took a third of the fast
-step on these nets, its backward 2 ms for a 620k-value activation that a core reads in a
-tenth of that. Viewed as rows of (batch x height) by
-columns of (width x channels), the same memory is a wide matrix whose column sums are
-one vectorised pass, and the per-channel statistics are sums over the width of those.
+row: unless the channels fill its vectors (16 or more, a multiple of 8), it took a third
+of the fast step on these nets, its backward 2 ms for a 620k-value activation that a
+core reads in a tenth of that. Viewed as rows of (batch x height) by columns of
+(width x channels), the same memory is a wide matrix whose column sums are one
+vectorised pass, and the per-channel statistics are sums over the width of those.
 The maths is BatchNorm's: batch mean and biased variance normalise, the running
 statistics move by ``momentum`` with the unbiased variance, and the gradients are
 BatchNorm's. The sums even round less than the native channels_last kernel's.

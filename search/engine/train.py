@@ -21,8 +21,8 @@ pointed (docs/speed.md), without changing what they compute:
   kernel, so a step does not page-fault its activations back in.
 
 ``plain=True`` runs the textbook step instead (NCHW, ``nn.Dropout`` and ``nn.BatchNorm2d``
-as they are, ``F.affine_grid``, PyTorch's default optimizer loop), the reference that ``budgetnas bench --step`` and the
-tests compare against.
+as they are, ``F.affine_grid``, PyTorch's default optimizer loop), the reference that
+``budgetnas bench --step`` and the tests compare against.
 """
 
 import contextlib
@@ -410,7 +410,8 @@ def _keep_freed_memory() -> None:
 def _optimizer(model: nn.Module, recipe: Recipe, *, fused: bool = False) -> torch.optim.Optimizer:
     # ``fused`` updates every parameter in one kernel: the same update, but PyTorch's
     # default loop spends ~0.4 ms a step on the CPU dispatching five small operations
-    # for each of a net's ~20 tensors.
+    # for each of a net's ~20 tensors. ``None``, not ``False``, when not fused: an explicit
+    # False would also turn off the multi-tensor default PyTorch picks on CUDA.
     params, lr, wd = model.parameters(), recipe.lr, recipe.weight_decay
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(

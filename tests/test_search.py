@@ -31,7 +31,12 @@ from search.study.confirm import (
     top_trials,
 )
 from search.study.objective import Objective, OutOfTime
-from search.study.plan import rungs_for
+from search.study.plan import (
+    EARLIER_SCREENING_RUNGS,
+    SCREENING_RUNGS,
+    rungs_for,
+    study_screening,
+)
 from search.study.records import measured_epoch_seconds
 from search.study.run import Progress, _requeue_out_of_time, create_or_resume, run_worker
 from search.study.sampler import default_max_activations, default_max_macs, sample_architecture
@@ -322,11 +327,32 @@ def test_a_resumed_search_sizes_confirmations_at_its_own_pace():
 def test_rungs_fit_the_epoch_cap_and_step_as_successive_halving_expects():
     assert [(r.epochs, r.images, r.step) for r in rungs_for(15, 50_000)] == [
         (1, None, 1),
-        (3, None, 3),
-        (15, None, 9),
+        (15, None, 3),
     ]
     assert [(r.epochs, r.step) for r in rungs_for(2, 50_000)] == [(1, 1), (2, 3)]
     assert [(r.epochs, r.step) for r in rungs_for(1, 50_000)] == [(1, 1)]
+    earlier = rungs_for(15, 50_000, EARLIER_SCREENING_RUNGS)
+    assert [(r.epochs, r.step) for r in earlier] == [(1, 1), (3, 3), (15, 9)]
+    assert [(r.epochs, r.step) for r in rungs_for(3, 50_000, EARLIER_SCREENING_RUNGS)] == [
+        (1, 1),
+        (3, 3),
+    ]
+
+
+def test_a_new_study_records_its_plan_and_one_from_before_keeps_two_rungs(tmp_path):
+    """Resumed under another plan, a study would compare a full training of its own
+    with another's 3-epoch rung at the same step."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    new = create_or_resume(SearchConfig(storage=storage, study="new"))
+    assert study_screening(new) == SCREENING_RUNGS == ((1, None),)
+    assert study_screening(create_or_resume(SearchConfig(storage=storage, study="new"))) == (
+        (1, None),
+    )
+    # A study created before plans were recorded: its settings, no plan.
+    before = optuna.create_study(study_name="before", storage=storage, direction="maximize")
+    before.set_user_attr("settings", {"budget": 8000, "epochs": 15})
+    resumed = create_or_resume(SearchConfig(storage=storage, study="before"))
+    assert study_screening(resumed) == EARLIER_SCREENING_RUNGS == ((1, None), (3, None))
 
 
 @pytest.mark.parametrize(
@@ -402,6 +428,39 @@ def one_tiny_trial(tmp_path: Path, seconds_left: float, **settings) -> optuna.St
     objective.deadline = time.monotonic() + seconds_left
     study.optimize(objective, n_trials=1, catch=(OutOfTime,))
     return study
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("recorded", "climb"),
+    [
+        (True, ["1-epoch rung", "full"]),  # a new study: one screening rung
+        (False, ["1-epoch rung", "3-epoch rung", "full"]),  # a study from before plans
+    ],
+)
+def test_a_trial_climbs_the_rungs_its_study_records(tmp_path, recorded, climb):
+    config = SearchConfig(
+        budget=8000, epochs=4, trials=1, storage=f"sqlite:///{tmp_path}/s.db",
+        artifacts=str(tmp_path / "artifacts"), data_dir=DATA, train_subset=300,
+        val_size=200, epoch_lines=False,
+    )  # fmt: skip
+    if not recorded:
+        before = optuna.create_study(
+            study_name=config.study_name, storage=config.storage, direction="maximize"
+        )
+        before.set_user_attr("settings", {"budget": 8000, "epochs": 4})
+    study = create_or_resume(config)
+    study.pruner = optuna.pruners.NopPruner()  # every rung promotes: this is about the plan
+    fit, validation = search_data(DATA, "cpu", 200, 0, 300)
+    study.optimize(Objective(config, fit, validation, torch.device("cpu")), n_trials=1)
+    [trial] = study.trials
+    assert trial.state == TrialState.COMPLETE
+    assert list(trial.user_attrs["curves"]) == climb
+    assert [len(curve) for curve in trial.user_attrs["curves"].values()] == [
+        1,
+        *([3] * (len(climb) - 2)),
+        4,
+    ]
 
 
 @needs_data

@@ -25,7 +25,7 @@ import torch
 from search.engine.data import Split
 from search.engine.train import Recipe, torch_threads, train
 from search.study.confirm import confirmation_seconds_from
-from search.study.plan import PROMOTE_ONE_IN, rungs_for
+from search.study.plan import PROMOTE_ONE_IN, SCREENING_RUNGS, rungs_for, study_screening
 from search.study.records import measured_epoch_seconds
 from search.study.sampler import sample_architecture
 from space import Spec, analyse, build
@@ -141,7 +141,8 @@ def estimate_cost(
             epoch_seconds *= workers
         source = "calibrated"
     if pruner == "rungs":
-        rungs = rungs_for(epochs, len(fit))
+        screening = SCREENING_RUNGS if study is None else study_screening(study)
+        rungs = rungs_for(epochs, len(fit), screening)
         epochs_per_trial = sum(
             rung.epochs * (rung.images or len(fit)) / len(fit) / PROMOTE_ONE_IN**k
             for k, rung in enumerate(rungs)

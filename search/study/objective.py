@@ -45,7 +45,7 @@ from search.engine.train import (
 )
 from search.study.config import CONSTRAINTS, FINISHED, SearchConfig
 from search.study.confirm import confirmation_seconds_from, likely_answers, reserve_seconds
-from search.study.plan import Rung, rungs_for
+from search.study.plan import Rung, rungs_for, study_screening
 from search.study.promotion import RESUMES, STOPPED_AT_RUNG
 from search.study.sampler import sample_architecture, search_recipe
 from search.study.signals import raise_if_stopped, stop_reason, stop_signals_let_through
@@ -162,7 +162,7 @@ class Objective:
         started = time.perf_counter()
         try:
             if config.pruner == "rungs":
-                rungs = rungs_for(config.epochs, len(self.fit))
+                rungs = rungs_for(config.epochs, len(self.fit), study_screening(trial.study))
                 # A known net proved itself at full length where it was found.
                 result = self._climb(trial, spec, rungs[-1:] if known else rungs)
             else:

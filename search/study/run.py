@@ -45,6 +45,7 @@ from search.study.confirm import (
 )
 from search.study.estimate import estimate_cost
 from search.study.objective import CPUOutOfMemory, Objective, OutOfTime, SurplusTrial
+from search.study.plan import SCREENING_KEY, SCREENING_RUNGS
 from search.study.promotion import take_up_promotion
 from search.study.signals import (
     Terminated,
@@ -151,6 +152,7 @@ def create_or_resume(config: SearchConfig) -> optuna.Study:
     )
     study.set_user_attr("settings", settings)
     study.set_user_attr("trials", config.trials)  # what 'budgetnas worker' joins in for
+    study.set_user_attr(SCREENING_KEY, [list(rung) for rung in SCREENING_RUNGS])
     with warnings.catch_warnings():  # experimental in Optuna, and what the dashboard reads
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([METRIC_NAME])
